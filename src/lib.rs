@@ -1,0 +1,1 @@
+//! metersync: the sync agent of an energy-metering site (work in progress).
