@@ -1,1 +1,33 @@
-//! metersync: the sync agent of an energy-metering site (work in progress).
+//! metersync: the sync agent of an energy-metering site.
+//!
+//! It reads meters over BACnet/IP into a local PostgreSQL (the "sync"
+//! database), uploads the readings to the customer's central PostgreSQL (the
+//! "client" database, often Supabase behind a transaction-mode pooler), and
+//! downloads the meter and tenant configuration back. The engines are this
+//! library; the MCP server, the daemon and the CLI are thin layers over them.
+//!
+//! Map of the modules:
+//! - [`config`]: the environment turned into a validated [`config::Config`];
+//!   passwords are [`config::Secret`]s that never print.
+//! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
+//! - [`db`]: the connection manager, one pool per database, status report.
+//! - [`tls`]: rustls connectors for `POSTGRES_CLIENT_SSLMODE`.
+//! - [`migrate`]: embedded migrations for both databases.
+//! - [`runs`]: the `sync_runs` journal every operation writes.
+//! - [`status`]: `sync_status` (backlog, last runs, meter health).
+//! - [`progress`]: how engines report progress without knowing to whom.
+//! - [`app`]: the context (config + pools) every front end shares.
+//! - [`mcp`]: the MCP server over stdio.
+//! - [`logging`]: `tracing` to stderr, level settable over MCP.
+
+pub mod app;
+pub mod config;
+pub mod db;
+pub mod logging;
+pub mod mcp;
+pub mod migrate;
+pub mod progress;
+pub mod retry;
+pub mod runs;
+pub mod status;
+pub mod tls;

@@ -1,0 +1,68 @@
+//! The command line: `serve` (default), `migrate`, `status`, and one command
+//! per engine operation. Each command builds the same [`App`] and calls the
+//! same engine function as its MCP tool twin, then prints the result as
+//! JSON on stdout.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use metersync::app::App;
+use metersync::config::Config;
+
+/// metersync: BACnet/IP meters -> local PostgreSQL -> central PostgreSQL,
+/// driven over MCP.
+#[derive(Debug, Parser)]
+#[command(name = "metersync", version, about)]
+pub struct Cli {
+    /// Serve only the MCP tools that write nothing (also METERSYNC_READ_ONLY=1).
+    #[arg(long, global = true)]
+    read_only: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve MCP over stdio (the default).
+    Serve,
+    /// Apply the database migrations (local, and remote when configured).
+    Migrate,
+    /// Print both databases' connection status as JSON (one attempt, no retries).
+    Status,
+}
+
+fn load() -> anyhow::Result<Arc<App>> {
+    let config = Config::load().context("configuration")?;
+    App::new(config).context("setting up the database pools")
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs one command to completion.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let app = load()?;
+            let read_only = cli.read_only || app.config.read_only;
+            metersync::mcp::serve_stdio(app, read_only).await?;
+        }
+        Command::Migrate => {
+            let app = load()?;
+            app.db.initialize().await?;
+            let report = metersync::migrate::migrate(&app.db).await?;
+            print_json(&report)?;
+            app.db.close();
+        }
+        Command::Status => {
+            let app = load()?;
+            let status = app.db.status().await;
+            print_json(&status)?;
+            app.db.close();
+        }
+    }
+    Ok(())
+}

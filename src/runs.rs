@@ -1,0 +1,75 @@
+//! The `sync_runs` journal: one row per operation (kind, started, finished,
+//! status, counts, error), written on the local database.
+//!
+//! A run is opened before the work and closed after it; a run left
+//! `running` by a killed process stays visible as such, which is the honest
+//! record of what happened.
+
+use crate::config::Side;
+use crate::db::{Databases, DbError};
+use tokio_postgres::types::Type;
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Finished without error.
+    Ok,
+    /// Stopped by an error.
+    Failed,
+    /// Stopped on request between units of work.
+    Cancelled,
+}
+
+impl RunStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Ok => "ok",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// Opens a run of `kind` and returns its id.
+///
+/// Fails when the local database is unreachable.
+pub async fn start(db: &Databases, kind: &str) -> Result<i64, DbError> {
+    let c = db.local().await?;
+    let row = c
+        .query_one(
+            "INSERT INTO sync_runs (kind) VALUES ($1) RETURNING id",
+            &[&kind],
+        )
+        .await
+        .map_err(|e| DbError::query(Side::Local, &e))?;
+    Ok(row.get(0))
+}
+
+/// Closes run `id` with its outcome. Logs instead of failing: the journal
+/// must never turn a finished operation into a failed one.
+pub async fn finish(
+    db: &Databases,
+    id: i64,
+    status: RunStatus,
+    counts: &serde_json::Value,
+    error: Option<&str>,
+) {
+    let result = async {
+        let c = db.local().await?;
+        c.execute_typed(
+            "UPDATE sync_runs SET finished_at = now(), status = $2, counts = $3, error = $4 WHERE id = $1",
+            &[
+                (&id, Type::INT8),
+                (&status.as_str(), Type::TEXT),
+                (counts, Type::JSONB),
+                (&error, Type::TEXT),
+            ],
+        )
+        .await
+        .map_err(|e| DbError::query(Side::Local, &e))
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(run = id, "could not record the end of the run: {e}");
+    }
+}

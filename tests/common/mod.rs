@@ -1,0 +1,470 @@
+//! The shared test harness: throwaway PostgreSQL clusters started from the
+//! installed server binaries, PgBouncer in `pool_mode = transaction` in front
+//! of one, a TCP proxy that can cut connections, and the metersync binary
+//! driven as a real process (CLI or MCP over stdio with rmcp's client).
+//!
+//! Every cluster listens on its own free loopback port with a password
+//! (`TEST_PASSWORD`), runs as the `postgres` user when the tests run as root,
+//! and is stopped and deleted when dropped. Every metersync process writes
+//! its stderr to `$CARGO_TARGET_TMPDIR/test-logs/`, which `.ci/run` greps
+//! for the test password afterwards.
+
+#![allow(dead_code)]
+
+pub mod proxy;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+/// The password of every test cluster. `.ci/run` checks that no log holds it.
+pub const TEST_PASSWORD: &str = "Tst-pw-9f3k2ZQx";
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The directory holding initdb, pg_ctl and postgres.
+pub fn pg_bindir() -> Result<PathBuf> {
+    if let Ok(out) = std::process::Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .context("PostgreSQL server binaries not found: install postgresql (apt-get install -y postgresql)")?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|p| p.join("initdb").exists())
+        .collect();
+    found.sort();
+    found
+        .pop()
+        .context("no initdb under /usr/lib/postgresql/*/bin: install postgresql")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// Runs `cmd` as the `postgres` user when we are root.
+fn as_pg_user(program: &Path) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
+fn chown_pg(path: &Path) -> Result<()> {
+    if is_root() {
+        let st = std::process::Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(path)
+            .status()?;
+        if !st.success() {
+            bail!("chown {} failed", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_ok(mut cmd: std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1.
+pub struct PgCluster {
+    root: tempfile::TempDir,
+    bindir: PathBuf,
+    /// Its TCP port.
+    pub port: u16,
+}
+
+impl PgCluster {
+    /// initdb + pg_ctl start on a free port.
+    pub fn start() -> Result<Self> {
+        let bindir = pg_bindir()?;
+        let root = tempfile::Builder::new().prefix("metersync-pg-").tempdir()?;
+        let data = root.path().join("data");
+        let pwfile = root.path().join("pw");
+        std::fs::write(&pwfile, TEST_PASSWORD)?;
+        chown_pg(root.path())?;
+        let mut init = as_pg_user(&bindir.join("initdb"));
+        init.arg("-D")
+            .arg(&data)
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()));
+        run_ok(init, "initdb")?;
+        let _ = std::fs::remove_file(&pwfile);
+        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 200\nshared_buffers = 64MB\nlog_min_messages = warning\n";
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))?;
+        std::io::Write::write_all(&mut f, conf.as_bytes())?;
+        let c = PgCluster {
+            root,
+            bindir,
+            port: free_port(),
+        };
+        c.pg_ctl_start()?;
+        Ok(c)
+    }
+
+    fn pg_ctl_start(&self) -> Result<()> {
+        let data = self.root.path().join("data");
+        let mut cmd = as_pg_user(&self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(self.root.path().join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {}",
+                self.port,
+                self.root.path().display()
+            ))
+            .args(["-w", "-t", "60", "start"]);
+        run_ok(cmd, "pg_ctl start")
+    }
+
+    /// Stops the server at once (`-m immediate`): like a crash.
+    pub fn stop(&self) -> Result<()> {
+        let mut cmd = as_pg_user(&self.bindir.join("pg_ctl"));
+        cmd.arg("-D")
+            .arg(self.root.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"]);
+        run_ok(cmd, "pg_ctl stop")
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) -> Result<()> {
+        let _ = self.stop();
+        self.pg_ctl_start()
+    }
+
+    /// Starts a stopped server again on the same port.
+    pub fn start_again(&self) -> Result<()> {
+        self.pg_ctl_start()
+    }
+
+    /// A direct connection for setting up and checking, as `postgres`.
+    pub async fn client(&self) -> Result<tokio_postgres::Client> {
+        self.client_db("postgres").await
+    }
+
+    /// A direct connection to database `db`.
+    pub async fn client_db(&self, db: &str) -> Result<tokio_postgres::Client> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(TEST_PASSWORD)
+            .dbname(db)
+            .connect(tokio_postgres::NoTls)
+            .await
+            .with_context(|| format!("connecting to test cluster on {}", self.port))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
+    }
+
+    /// The environment that points metersync's `side` ("SYNC" or "CLIENT") here.
+    pub fn env(&self, side: &str) -> Vec<(String, String)> {
+        env_for(side, self.port)
+    }
+}
+
+/// `POSTGRES_{side}_*` for a server on 127.0.0.1:`port` with the test password.
+pub fn env_for(side: &str, port: u16) -> Vec<(String, String)> {
+    vec![
+        (format!("POSTGRES_{side}_HOST"), "127.0.0.1".into()),
+        (format!("POSTGRES_{side}_PORT"), port.to_string()),
+        (format!("POSTGRES_{side}_DB"), "postgres".into()),
+        (format!("POSTGRES_{side}_USER"), "postgres".into()),
+        (format!("POSTGRES_{side}_PASSWORD"), TEST_PASSWORD.into()),
+    ]
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// PgBouncer in `pool_mode = transaction` in front of a cluster.
+pub struct PgBouncer {
+    root: tempfile::TempDir,
+    /// Its TCP port.
+    pub port: u16,
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer (installed by `.ci/run`) on a free port.
+    pub fn start(cluster: &PgCluster) -> Result<Self> {
+        let bin =
+            which("pgbouncer").context("pgbouncer not installed: apt-get install -y pgbouncer")?;
+        let root = tempfile::Builder::new()
+            .prefix("metersync-pgb-")
+            .tempdir()?;
+        let port = free_port();
+        let ini = format!(
+            "[databases]\n* = host=127.0.0.1 port={cport}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {dir}/userlist.txt\npool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 5\nlogfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\nserver_reset_query =\nignore_startup_parameters = extra_float_digits,application_name\n",
+            cport = cluster.port,
+            dir = root.path().display()
+        );
+        std::fs::write(root.path().join("pgbouncer.ini"), ini)?;
+        std::fs::write(
+            root.path().join("userlist.txt"),
+            format!("\"postgres\" \"{TEST_PASSWORD}\"\n"),
+        )?;
+        chown_pg(root.path())?;
+        let mut cmd = as_pg_user(&bin);
+        cmd.arg("-d").arg(root.path().join("pgbouncer.ini"));
+        run_ok(cmd, "pgbouncer -d")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(PgBouncer { root, port });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("pgbouncer did not start listening on {port}")
+    }
+
+    /// The environment that points metersync's `side` through the pooler.
+    pub fn env(&self, side: &str) -> Vec<(String, String)> {
+        env_for(side, self.port)
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.root.path().join("pgbouncer.pid")) {
+            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|p| p.join(name))
+            .find(|p| p.exists())
+    })
+}
+
+/// A fresh log file for one metersync process under
+/// `$CARGO_TARGET_TMPDIR/test-logs/`.
+pub fn log_file(name: &str) -> Result<(std::fs::File, PathBuf)> {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("test-logs");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!(
+        "{name}-{}-{}.log",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    Ok((std::fs::File::create(&path)?, path))
+}
+
+/// An empty working directory (so no stray `.env` is picked up).
+pub fn workdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("metersync-wd-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("tempdir: {e}"))
+}
+
+/// The environment every test process starts from: fast retries, no
+/// inherited configuration.
+pub fn base_env() -> HashMap<String, String> {
+    let mut env: HashMap<String, String> = HashMap::new();
+    env.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
+    env.insert("DB_CONNECTION_TIMEOUT_MS".into(), "3000".into());
+    env.insert("RUST_LOG".into(), "info".into());
+    env
+}
+
+/// A `metersync` command with exactly `env` (plus PATH/HOME), working in `wd`.
+pub fn metersync_cmd(env: &HashMap<String, String>, wd: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_metersync"));
+    cmd.env_clear();
+    for keep in ["PATH", "HOME"] {
+        if let Ok(v) = std::env::var(keep) {
+            cmd.env(keep, v);
+        }
+    }
+    cmd.envs(env).current_dir(wd).kill_on_drop(true);
+    cmd
+}
+
+/// Output of a finished metersync command.
+pub struct Output {
+    /// Exit status success.
+    pub ok: bool,
+    /// stdout.
+    pub stdout: String,
+    /// stderr (also written to the log file).
+    pub stderr: String,
+}
+
+/// Runs `metersync ARGS` to completion, logging its stderr.
+pub async fn run_cli(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    log_name: &str,
+) -> Result<Output> {
+    let wd = workdir();
+    let out = metersync_cmd(env, wd.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await?;
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let (mut f, _) = log_file(log_name)?;
+    std::io::Write::write_all(&mut f, &out.stderr)?;
+    Ok(Output {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr,
+    })
+}
+
+/// An MCP client connected over stdio to a `metersync` child process.
+pub struct Mcp {
+    /// The rmcp client.
+    pub client: rmcp::service::RunningService<rmcp::RoleClient, ()>,
+    _wd: tempfile::TempDir,
+    /// Where the server's stderr goes.
+    pub log: PathBuf,
+}
+
+impl Mcp {
+    /// Spawns `metersync ARGS` with `env` and completes the MCP handshake.
+    pub async fn start(
+        env: &HashMap<String, String>,
+        args: &[&str],
+        log_name: &str,
+    ) -> Result<Self> {
+        use rmcp::ServiceExt;
+        let wd = workdir();
+        let mut cmd = metersync_cmd(env, wd.path());
+        cmd.args(args);
+        let (log, path) = log_file(log_name)?;
+        let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+            .stderr(Stdio::from(log))
+            .spawn()?;
+        let client = ().serve(transport).await.context("MCP handshake")?;
+        Ok(Mcp {
+            client,
+            _wd: wd,
+            log: path,
+        })
+    }
+
+    /// Calls `tool` with `args` (a JSON object).
+    pub async fn call(
+        &self,
+        tool: &str,
+        args: serde_json::Value,
+    ) -> Result<rmcp::model::CallToolResult> {
+        let mut params = rmcp::model::CallToolRequestParams::new(tool.to_string());
+        if let serde_json::Value::Object(map) = args {
+            params = params.with_arguments(map);
+        }
+        Ok(self.client.call_tool(params).await?)
+    }
+
+    /// Calls `tool` and returns its structured content, failing on `isError`.
+    pub async fn call_ok(&self, tool: &str, args: serde_json::Value) -> Result<serde_json::Value> {
+        let r = self.call(tool, args).await?;
+        if r.is_error == Some(true) {
+            bail!("{tool} returned isError: {}", text_of(&r));
+        }
+        r.structured_content
+            .clone()
+            .with_context(|| format!("{tool} returned no structured content: {}", text_of(&r)))
+    }
+
+    /// Closes the session.
+    pub async fn close(self) -> Result<()> {
+        let _ = self.client.cancel().await;
+        Ok(())
+    }
+}
+
+/// All text content of a tool result, joined.
+pub fn text_of(r: &rmcp::model::CallToolResult) -> String {
+    r.content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Local and remote clusters, migrated, with the env pointing at both.
+pub struct World {
+    /// The local ("sync") cluster.
+    pub local: PgCluster,
+    /// The remote ("client") cluster.
+    pub remote: PgCluster,
+    /// The environment for metersync.
+    pub env: HashMap<String, String>,
+}
+
+impl World {
+    /// Starts both clusters and runs `metersync migrate`.
+    pub async fn start() -> Result<Self> {
+        let (local, remote) = tokio::task::spawn_blocking(|| -> Result<_> {
+            let l = std::thread::spawn(PgCluster::start);
+            let r = PgCluster::start()?;
+            let l = l
+                .join()
+                .map_err(|_| anyhow::anyhow!("cluster thread panicked"))??;
+            Ok((l, r))
+        })
+        .await??;
+        let mut env = base_env();
+        env.extend(local.env("SYNC"));
+        env.extend(remote.env("CLIENT"));
+        let out = run_cli(&env, &["migrate"], "migrate").await?;
+        if !out.ok {
+            bail!("migrate failed: {}", out.stderr);
+        }
+        Ok(World { local, remote, env })
+    }
+}
