@@ -10,12 +10,13 @@
 //!   callable;
 //! - nothing but protocol reaches stdout (see [`stdio`]).
 
+pub mod progress;
+mod status_tools;
 pub mod stdio;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
-use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
     Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
@@ -24,13 +25,11 @@ use rmcp::model::{
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
 use rmcp::service::RequestContext;
-use rmcp::{tool, tool_router, ErrorData as McpError, RoleServer, ServerHandler};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::db::ConnectionStatus;
-use crate::status::SyncStatus;
 
 /// The tools that write nothing, served in read-only mode.
 pub const READ_ONLY_TOOLS: &[&str] = &[
@@ -66,9 +65,15 @@ pub struct MeterSyncServer {
 }
 
 impl MeterSyncServer {
+    /// Every tool, before the read-only filter. Each group of tools lives in
+    /// its own file with its own router.
+    fn routers() -> ToolRouter<Self> {
+        Self::status_router()
+    }
+
     /// A server over `app`; `read_only` hides every tool that writes.
     pub fn new(app: Arc<App>, read_only: bool) -> Self {
-        let mut tool_router = Self::tool_router();
+        let mut tool_router = Self::routers();
         if read_only {
             let names: Vec<String> = tool_router
                 .list_all()
@@ -85,37 +90,6 @@ impl MeterSyncServer {
             read_only,
             tool_router,
         }
-    }
-}
-
-#[tool_router]
-impl MeterSyncServer {
-    /// Per database: connected, latency, server version, pool occupancy,
-    /// retries so far and the last error.
-    #[tool(
-        description = "Check both databases now (one attempt each, no retries): connected, latency_ms, server_version, pool size/available/max, connection retries so far, last error. Writes nothing.",
-        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
-    )]
-    async fn connection_status(
-        &self,
-        Parameters(_): Parameters<NoArgs>,
-    ) -> Result<Json<ConnectionStatus>, String> {
-        Ok(Json(self.app.db.status().await))
-    }
-
-    /// Backlog, last runs and meter health from the local database.
-    #[tool(
-        description = "Local sync state: readings waiting for upload (count, oldest age), the last run of each operation, and meter health (failing meters first). Reads the local database only. Writes nothing.",
-        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
-    )]
-    async fn sync_status(
-        &self,
-        Parameters(_): Parameters<NoArgs>,
-    ) -> Result<Json<SyncStatus>, String> {
-        crate::status::sync_status(&self.app.db)
-            .await
-            .map(Json)
-            .map_err(|e| e.to_string())
     }
 }
 
@@ -148,7 +122,7 @@ impl ServerHandler for MeterSyncServer {
         let name = request.name.to_string();
         if self.read_only
             && !READ_ONLY_TOOLS.contains(&name.as_str())
-            && Self::tool_router().has_route(&name)
+            && Self::routers().has_route(&name)
         {
             return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
                 "{name} writes data and this server runs read-only (--read-only or METERSYNC_READ_ONLY=1); restart it without read-only mode to use {name}"

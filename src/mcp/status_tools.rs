@@ -1,0 +1,39 @@
+//! Tools that report state: `connection_status`, `sync_status`.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::{tool, tool_router};
+
+use super::{MeterSyncServer, NoArgs};
+use crate::db::ConnectionStatus;
+use crate::status::SyncStatus;
+
+#[tool_router(router = status_router, vis = "pub(super)")]
+impl MeterSyncServer {
+    /// Per database: connected, latency, server version, pool occupancy,
+    /// retries so far and the last error.
+    #[tool(
+        description = "Check both databases now (one attempt each, no retries): connected, latency_ms, server_version, pool size/available/max, connection retries so far, last error. Writes nothing.",
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
+    )]
+    async fn connection_status(
+        &self,
+        Parameters(_): Parameters<NoArgs>,
+    ) -> Result<Json<ConnectionStatus>, String> {
+        Ok(Json(self.app.db.status().await))
+    }
+
+    /// Backlog, last runs and meter health from the local database.
+    #[tool(
+        description = "Local sync state: readings waiting for upload (count, oldest age), the last run of each operation, and meter health (failing meters first). Reads the local database only. Writes nothing.",
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn sync_status(
+        &self,
+        Parameters(_): Parameters<NoArgs>,
+    ) -> Result<Json<SyncStatus>, String> {
+        crate::status::sync_status(&self.app.db)
+            .await
+            .map(Json)
+            .map_err(|e| e.to_string())
+    }
+}
