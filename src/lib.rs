@@ -16,6 +16,7 @@
 //! - [`runs`]: the `sync_runs` journal every operation writes.
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
 //! - [`progress`]: how engines report progress without knowing to whom.
+//! - [`meters`]: the local meter list, paged (`list_meters`).
 //! - [`app`]: the context (config + pools) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
@@ -25,6 +26,7 @@ pub mod config;
 pub mod db;
 pub mod logging;
 pub mod mcp;
+pub mod meters;
 pub mod migrate;
 pub mod progress;
 pub mod retry;

@@ -73,3 +73,33 @@ pub async fn finish(
         tracing::warn!(run = id, "could not record the end of the run: {e}");
     }
 }
+
+/// The most recent `limit` runs, newest first, as JSON objects.
+///
+/// Fails when the local database is unreachable.
+pub async fn recent(db: &Databases, limit: i64) -> Result<Vec<serde_json::Value>, DbError> {
+    let c = db.local().await?;
+    let rows = c
+        .query(
+            "SELECT id, kind, started_at, finished_at, status, counts, error
+             FROM sync_runs ORDER BY started_at DESC, id DESC LIMIT $1",
+            &[&limit],
+        )
+        .await
+        .map_err(|e| DbError::query(Side::Local, &e))?;
+    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    Ok(rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "id": r.get::<_, i64>(0),
+                "kind": r.get::<_, String>(1),
+                "started_at": ts(Some(r.get(2))),
+                "finished_at": ts(r.get(3)),
+                "status": r.get::<_, String>(4),
+                "counts": r.get::<_, Option<serde_json::Value>>(5),
+                "error": r.get::<_, Option<String>>(6),
+            })
+        })
+        .collect())
+}

@@ -11,6 +11,7 @@
 //! - nothing but protocol reaches stdout (see [`stdio`]).
 
 pub mod progress;
+mod meter_tools;
 mod status_tools;
 pub mod stdio;
 
@@ -20,7 +21,8 @@ use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
     Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-    Tool,
+    ListResourcesResult, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, Tool,
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -51,6 +53,11 @@ run_sync_cycle does all four in that order. Use dry_run to preview downloads and
 read_meter and discover_devices talk to meters live and store nothing. Readings are billing data: \
 uploads are exactly-once, so re-running an upload is always safe.";
 
+/// The resource holding the configuration (passwords redacted).
+pub const CONFIG_URI: &str = "metersync://config";
+/// The resource holding the recent `sync_runs`.
+pub const RUNS_URI: &str = "metersync://sync_runs";
+
 /// Arguments of a tool that takes none.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -68,7 +75,7 @@ impl MeterSyncServer {
     /// Every tool, before the read-only filter. Each group of tools lives in
     /// its own file with its own router.
     fn routers() -> ToolRouter<Self> {
-        Self::status_router()
+        Self::status_router() + Self::meter_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.
@@ -107,6 +114,7 @@ impl ServerHandler for MeterSyncServer {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
+                .enable_resources()
                 .enable_logging()
                 .build(),
         )
@@ -154,6 +162,44 @@ impl ServerHandler for MeterSyncServer {
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
         self.tool_router.get(name).cloned()
+    }
+
+    async fn list_resources(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, McpError> {
+        Ok(ListResourcesResult::with_all_items(vec![
+            Resource::new(CONFIG_URI, "configuration")
+                .with_description("The running configuration, passwords redacted")
+                .with_mime_type("application/json"),
+            Resource::new(RUNS_URI, "sync_runs")
+                .with_description("The 50 most recent operations: kind, start, end, status, counts, error")
+                .with_mime_type("application/json"),
+        ]))
+    }
+
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, McpError> {
+        let body = match request.uri.as_str() {
+            CONFIG_URI => self.app.config.redacted_json(),
+            RUNS_URI => serde_json::Value::Array(
+                crate::runs::recent(&self.app.db, 50)
+                    .await
+                    .map_err(|e| McpError::internal_error(e.to_string(), None))?,
+            ),
+            other => {
+                return Err(McpError::resource_not_found(
+                    format!("no resource {other}; the resources are {CONFIG_URI} and {RUNS_URI}"),
+                    None,
+                ))
+            }
+        };
+        let text = serde_json::to_string_pretty(&body).map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri.clone())]).into())
     }
 
     async fn set_level(

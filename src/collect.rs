@@ -1,0 +1,374 @@
+//! The collector: reads every active meter's points over BACnet/IP and
+//! stores them as readings in the local `meter_readings`, ready for upload.
+//!
+//! Guarantees:
+//! - meters are read in parallel, up to `COLLECT_CONCURRENCY` at once, one
+//!   request in flight per device; a dead meter costs its own timeout x
+//!   tries, not the run's, and is reported in `failures` while the others
+//!   are collected;
+//! - every point of one meter read in one run shares one `recorded_at`
+//!   (UTC, microsecond precision, as PostgreSQL stores it);
+//! - readings are written in one statement per run, idempotent on
+//!   `(meter_id, point, recorded_at)`;
+//! - a point whose status flags say fault or out-of-service, or whose
+//!   reliability is not no-fault-detected, is reported and not stored;
+//! - each meter's health (last success, last error, consecutive failures)
+//!   is updated in the same transaction as the readings;
+//! - a malformed `points` or `address` on one meter fails that meter only.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use chrono::{DateTime, SubsecRound, Utc};
+use futures::StreamExt;
+use serde::Serialize;
+use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::bacnet::{self, BacnetClient};
+use crate::config::Side;
+use crate::db::DbError;
+use crate::progress::Progress;
+use crate::runs::{self, RunStatus};
+
+/// How many failures (and point errors) a report lists before it only counts.
+pub const LIST_CAP: usize = 50;
+
+/// What to collect.
+#[derive(Debug, Clone, Default)]
+pub struct CollectOptions {
+    /// Only these meters (they must exist and be active); all active meters when `None`.
+    pub meter_ids: Option<Vec<i64>>,
+    /// Read the meters but store nothing.
+    pub dry_run: bool,
+}
+
+/// A meter that could not be read.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct MeterFailure {
+    /// The meter's id.
+    pub meter_id: i64,
+    /// What went wrong, for a person.
+    pub error: String,
+}
+
+/// A point that answered but was not stored.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct PointProblem {
+    /// The meter's id.
+    pub meter_id: i64,
+    /// The point's name.
+    pub point: String,
+    /// Why it was not stored (fault, out of service, unreliable, unknown object...).
+    pub error: String,
+}
+
+/// The result of one collection.
+#[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
+pub struct CollectReport {
+    /// Meters that answered.
+    pub meters_read: u64,
+    /// Meters that did not (timeout, error, bad configuration).
+    pub meters_failed: u64,
+    /// Readings newly stored (0 on a dry run).
+    pub readings_written: u64,
+    /// Good readings read (stored unless dry run).
+    pub readings_read: u64,
+    /// Failed meters (at most [`LIST_CAP`]).
+    pub failures: Vec<MeterFailure>,
+    /// Failed meters left out of `failures`.
+    pub failures_omitted: u64,
+    /// Points not stored (at most [`LIST_CAP`]).
+    pub point_errors: Vec<PointProblem>,
+    /// Point problems left out of `point_errors`.
+    pub point_errors_omitted: u64,
+    /// Whether nothing was stored.
+    pub dry_run: bool,
+    /// Whether the run stopped early on request.
+    pub cancelled: bool,
+    /// Wall time.
+    pub duration_ms: u64,
+}
+
+/// Why a collection could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// Asked for meters that do not exist or are inactive.
+    #[error("no active meter with id {0}; list_meters shows the configured meters (download_meters refreshes them)")]
+    UnknownMeters(String),
+    /// The local database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The BACnet socket could not be opened.
+    #[error(transparent)]
+    Bacnet(#[from] bacnet::BacnetError),
+}
+
+/// A meter row from the local table.
+#[derive(Debug, Clone)]
+pub struct MeterRow {
+    /// Id.
+    pub id: i64,
+    /// BACnet device instance.
+    pub device_instance: i32,
+    /// `host:port`.
+    pub address: String,
+    /// Points JSON.
+    pub points: serde_json::Value,
+}
+
+/// One meter's outcome.
+pub struct MeterOutcome {
+    /// The meter.
+    pub meter_id: i64,
+    /// The shared timestamp of its readings.
+    pub recorded_at: DateTime<Utc>,
+    /// Its good readings: (point, value, unit).
+    pub readings: Vec<(String, f64, Option<String>)>,
+    /// Points read but not stored.
+    pub problems: Vec<(String, String)>,
+    /// Why the meter failed, if it did.
+    pub error: Option<String>,
+}
+
+/// Loads the active meters (all, or those in `ids`).
+///
+/// Fails when an id in `ids` is not an active meter, or on a database error.
+pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>, CollectError> {
+    let c = app.db.local().await?;
+    let rows = c
+        .query(
+            "SELECT id, device_instance, address, points FROM meters
+             WHERE active AND ($1::bigint[] IS NULL OR id = ANY($1)) ORDER BY id",
+            &[&ids],
+        )
+        .await
+        .map_err(|e| DbError::query(Side::Local, &e))?;
+    let meters: Vec<MeterRow> = rows
+        .iter()
+        .map(|r| MeterRow {
+            id: r.get(0),
+            device_instance: r.get(1),
+            address: r.get(2),
+            points: r.get(3),
+        })
+        .collect();
+    if let Some(ids) = ids {
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !meters.iter().any(|m| m.id == **id))
+            .map(|id| id.to_string())
+            .collect();
+        if !missing.is_empty() {
+            return Err(CollectError::UnknownMeters(missing.join(", ")));
+        }
+    }
+    Ok(meters)
+}
+
+/// Reads one meter: validates its configuration, then all its points.
+/// Never fails: every problem lands in the outcome.
+pub async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
+    let recorded_at = Utc::now().trunc_subsecs(6);
+    let mut out = MeterOutcome {
+        meter_id: m.id,
+        recorded_at,
+        readings: Vec::new(),
+        problems: Vec::new(),
+        error: None,
+    };
+    let specs = match bacnet::parse_points(&m.points) {
+        Ok(s) => s,
+        Err(e) => {
+            out.error = Some(format!("bad points configuration: {e}"));
+            return out;
+        }
+    };
+    let addr = match bacnet::parse_address(&m.address) {
+        Ok(a) => a,
+        Err(e) => {
+            out.error = Some(format!("bad address: {e}"));
+            return out;
+        }
+    };
+    let Ok(instance) = u32::try_from(m.device_instance) else {
+        out.error = Some(format!("bad device_instance {}", m.device_instance));
+        return out;
+    };
+    match bacnet::read_meter(client, addr, instance, &specs).await {
+        Err(e) => out.error = Some(e.to_string()),
+        Ok(points) => {
+            for p in points {
+                match (p.value, p.error) {
+                    (Some(v), None) if v.is_finite() => out.readings.push((p.name, v, p.unit)),
+                    (Some(v), None) => out.problems.push((p.name, format!("non-finite value {v}"))),
+                    (_, Some(e)) => out.problems.push((p.name, e)),
+                    (None, None) => out.problems.push((p.name, "no value".into())),
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Collects the meters `opts` names into the local database.
+///
+/// Fails only when the run cannot start (unknown meter ids, local database
+/// unreachable) or the final write fails; meter failures are in the report.
+pub async fn collect(
+    app: &App,
+    client: &dyn BacnetClient,
+    opts: CollectOptions,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> Result<CollectReport, CollectError> {
+    let started = Instant::now();
+    let meters = load_meters(app, opts.meter_ids.as_deref()).await?;
+    let run = runs::start(&app.db, "collect").await?;
+    let total = meters.len() as u64;
+    let done = AtomicU64::new(0);
+    let concurrency = app.config.collect_concurrency.max(1);
+    let mut cancelled = false;
+    let mut outcomes = Vec::with_capacity(meters.len());
+    {
+        let mut stream = futures::stream::iter(meters.iter())
+            .map(|m| async {
+                let o = read_one(client, m).await;
+                let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                let what = match &o.error {
+                    None => format!("meter {} read", o.meter_id),
+                    Some(_) => format!("meter {} failed", o.meter_id),
+                };
+                progress.update(n, Some(total), &what);
+                o
+            })
+            .buffer_unordered(concurrency);
+        loop {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled(), if !cancelled => { cancelled = true; break; }
+                next = stream.next() => match next {
+                    Some(o) => outcomes.push(o),
+                    None => break,
+                },
+            }
+        }
+    }
+    let mut report = CollectReport {
+        dry_run: opts.dry_run,
+        cancelled,
+        ..Default::default()
+    };
+    for o in &outcomes {
+        match &o.error {
+            None => report.meters_read += 1,
+            Some(e) => {
+                report.meters_failed += 1;
+                if report.failures.len() < LIST_CAP {
+                    report.failures.push(MeterFailure {
+                        meter_id: o.meter_id,
+                        error: e.clone(),
+                    });
+                } else {
+                    report.failures_omitted += 1;
+                }
+            }
+        }
+        report.readings_read += o.readings.len() as u64;
+        for (point, error) in &o.problems {
+            if report.point_errors.len() < LIST_CAP {
+                report.point_errors.push(PointProblem {
+                    meter_id: o.meter_id,
+                    point: point.clone(),
+                    error: error.clone(),
+                });
+            } else {
+                report.point_errors_omitted += 1;
+            }
+        }
+    }
+    report.failures.sort_by_key(|f| f.meter_id);
+    let write = if opts.dry_run {
+        Ok(0)
+    } else {
+        store(app, &outcomes).await
+    };
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    match write {
+        Ok(n) => {
+            report.readings_written = n;
+            let counts = serde_json::to_value(&report).unwrap_or_default();
+            let status = if cancelled { RunStatus::Cancelled } else { RunStatus::Ok };
+            runs::finish(&app.db, run, status, &counts, None).await;
+            tracing::info!(
+                meters_read = report.meters_read,
+                meters_failed = report.meters_failed,
+                readings_written = report.readings_written,
+                duration_ms = report.duration_ms,
+                "collection finished"
+            );
+            Ok(report)
+        }
+        Err(e) => {
+            runs::finish(&app.db, run, RunStatus::Failed, &serde_json::json!({}), Some(&e.to_string())).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Writes the readings and the health of every meter in one transaction;
+/// returns the number of readings newly stored.
+async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<u64, DbError> {
+    let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
+    let mut ids = Vec::new();
+    let mut points = Vec::new();
+    let mut times = Vec::new();
+    let mut values = Vec::new();
+    let mut units: Vec<Option<String>> = Vec::new();
+    for o in outcomes {
+        for (p, v, u) in &o.readings {
+            ids.push(o.meter_id);
+            points.push(p.as_str());
+            times.push(o.recorded_at);
+            values.push(*v);
+            units.push(u.clone());
+        }
+    }
+    let h_ids: Vec<i64> = outcomes.iter().map(|o| o.meter_id).collect();
+    let h_errors: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
+    let mut c = app.db.local().await?;
+    let tx = c.transaction().await.map_err(q)?;
+    let written = tx
+        .execute_typed(
+            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+             SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[])
+             ON CONFLICT (meter_id, point, recorded_at) DO NOTHING",
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&points, Type::TEXT_ARRAY),
+                (&times, Type::TIMESTAMPTZ_ARRAY),
+                (&values, Type::FLOAT8_ARRAY),
+                (&units, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(q)?;
+    tx.execute_typed(
+        "INSERT INTO meter_health AS h (meter_id, last_success_at, last_error, last_error_at, consecutive_failures)
+         SELECT id, CASE WHEN err IS NULL THEN now() END, err, CASE WHEN err IS NOT NULL THEN now() END,
+                CASE WHEN err IS NULL THEN 0 ELSE 1 END
+         FROM unnest($1::bigint[], $2::text[]) AS u(id, err)
+         ON CONFLICT (meter_id) DO UPDATE SET
+            last_success_at = coalesce(EXCLUDED.last_success_at, h.last_success_at),
+            last_error = EXCLUDED.last_error,
+            last_error_at = coalesce(EXCLUDED.last_error_at, h.last_error_at),
+            consecutive_failures = CASE WHEN EXCLUDED.last_error IS NULL THEN 0
+                                        ELSE h.consecutive_failures + 1 END",
+        &[(&h_ids, Type::INT8_ARRAY), (&h_errors, Type::TEXT_ARRAY)],
+    )
+    .await
+    .map_err(q)?;
+    tx.commit().await.map_err(q)?;
+    Ok(written)
+}
