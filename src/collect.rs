@@ -196,7 +196,7 @@ pub async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
         out.error = Some(format!("bad device_instance {}", m.device_instance));
         return out;
     };
-    match bacnet::read_meter(client, addr, instance, &specs).await {
+    match bacnet::read_meter(client, bacnet::Device { addr, instance }, &specs).await {
         Err(e) => out.error = Some(e.to_string()),
         Ok(points) => {
             for p in points {
@@ -315,6 +315,90 @@ pub async fn collect(
             Err(e.into())
         }
     }
+}
+
+/// A live read of one meter, stored nowhere.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct LiveRead {
+    /// The meter's id.
+    pub meter_id: i64,
+    /// Its name.
+    pub name: String,
+    /// BACnet/IP `host:port`.
+    pub address: String,
+    /// BACnet device instance.
+    pub device_instance: i32,
+    /// When it was read (RFC 3339, UTC).
+    pub read_at: String,
+    /// Each configured point's value or error.
+    pub points: Vec<bacnet::PointReading>,
+    /// Wall time of the read.
+    pub duration_ms: u64,
+}
+
+/// Why a live read failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No such meter locally.
+    #[error("no meter with id {0}; list_meters shows the configured meters")]
+    UnknownMeter(i64),
+    /// The meter's configuration is unusable.
+    #[error("meter {id} is misconfigured: {error}")]
+    Config {
+        /// The meter.
+        id: i64,
+        /// What is wrong.
+        error: String,
+    },
+    /// The device could not be read.
+    #[error("meter {id}: {source}")]
+    Bacnet {
+        /// The meter.
+        id: i64,
+        /// The BACnet failure.
+        #[source]
+        source: bacnet::BacnetError,
+    },
+    /// The local database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Reads meter `meter_id` (active or not) now and returns its points;
+/// stores nothing.
+///
+/// Fails when the meter does not exist, is misconfigured, or does not answer.
+pub async fn read_live(app: &App, client: &dyn BacnetClient, meter_id: i64) -> Result<LiveRead, ReadError> {
+    let started = Instant::now();
+    let c = app.db.local().await?;
+    let row = c
+        .query_opt(
+            "SELECT name, device_instance, address, points FROM meters WHERE id = $1",
+            &[&meter_id],
+        )
+        .await
+        .map_err(|e| DbError::query(Side::Local, &e))?
+        .ok_or(ReadError::UnknownMeter(meter_id))?;
+    drop(c);
+    let (name, device_instance, address, points): (String, i32, String, serde_json::Value) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    let cfg = |error: String| ReadError::Config { id: meter_id, error };
+    let specs = bacnet::parse_points(&points).map_err(|e| cfg(format!("bad points: {e}")))?;
+    let addr = bacnet::parse_address(&address).map_err(|e| cfg(format!("bad address: {e}")))?;
+    let instance = u32::try_from(device_instance).map_err(|_| cfg(format!("bad device_instance {device_instance}")))?;
+    let read_at = Utc::now();
+    let points = bacnet::read_meter(client, bacnet::Device { addr, instance }, &specs)
+        .await
+        .map_err(|source| ReadError::Bacnet { id: meter_id, source })?;
+    Ok(LiveRead {
+        meter_id,
+        name,
+        address,
+        device_instance,
+        read_at: read_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        points,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
 }
 
 /// Writes the readings and the health of every meter in one transaction;

@@ -1,0 +1,122 @@
+//! Tools that talk to meters: `collect_meters`, `read_meter`,
+//! `discover_devices`.
+
+use std::time::Duration;
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::progress::McpProgress;
+use super::MeterSyncServer;
+use crate::collect::{CollectOptions, CollectReport, LiveRead};
+
+/// How many devices `discover_devices` lists before it only counts.
+pub const DISCOVER_CAP: usize = 100;
+
+/// Arguments of `collect_meters`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CollectArgs {
+    /// Collect only these meter ids (each must be an active meter); all active meters when omitted.
+    pub meter_ids: Option<Vec<i64>>,
+    /// Read the meters but store nothing (default false).
+    pub dry_run: Option<bool>,
+}
+
+/// Arguments of `read_meter`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadMeterArgs {
+    /// The meter's id (see list_meters).
+    pub meter_id: i64,
+}
+
+/// Arguments of `discover_devices`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoverArgs {
+    /// Where to send Who-Is: a unicast device `host:port` or a broadcast address such as 192.168.1.255:47808 (default 255.255.255.255:47808).
+    pub address: Option<String>,
+    /// How long to wait for I-Am answers, 100 to 60000 ms (default 3000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// Devices that answered Who-Is.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct DiscoverResult {
+    /// Where the Who-Is went.
+    pub target: String,
+    /// Devices found (at most 100), by instance.
+    pub devices: Vec<crate::bacnet::DiscoveredDevice>,
+    /// Devices left out of the list.
+    pub devices_omitted: usize,
+}
+
+#[tool_router(router = collect_router, vis = "pub(super)")]
+impl MeterSyncServer {
+    /// Reads meters into the local backlog.
+    #[tool(
+        description = "Read the site's active meters over BACnet/IP and store the readings locally for upload. Optional meter_ids limits the run; dry_run reads without storing. A meter that does not answer costs one timeout and is listed in failures; the others are still collected. Sends progress per meter when the client gives a progress token.",
+        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+    )]
+    async fn collect_meters(
+        &self,
+        Parameters(a): Parameters<CollectArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<CollectReport>, String> {
+        if a.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+            return Err("meter_ids must not be empty: omit it to collect every active meter".into());
+        }
+        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
+        let progress = McpProgress::new(&ctx);
+        let opts = CollectOptions {
+            meter_ids: a.meter_ids,
+            dry_run: a.dry_run.unwrap_or(false),
+        };
+        let r = crate::collect::collect(&self.app, client.as_ref(), opts, &progress, &ctx.ct).await;
+        progress.finish().await;
+        r.map(Json).map_err(|e| e.to_string())
+    }
+
+    /// A live read of one meter, stored nowhere.
+    #[tool(
+        description = "Read one meter live over BACnet/IP and return each configured point's value, unit or error. Stores nothing.",
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
+    )]
+    async fn read_meter(&self, Parameters(a): Parameters<ReadMeterArgs>) -> Result<Json<LiveRead>, String> {
+        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
+        crate::collect::read_live(&self.app, client.as_ref(), a.meter_id)
+            .await
+            .map(Json)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Who-Is on the network.
+    #[tool(
+        description = "Find BACnet devices: send Who-Is to a unicast or broadcast address and list the devices that answer with I-Am (instance, address, vendor, name). Stores nothing.",
+        annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
+    )]
+    async fn discover_devices(&self, Parameters(a): Parameters<DiscoverArgs>) -> Result<Json<DiscoverResult>, String> {
+        let timeout = a.timeout_ms.unwrap_or(3000);
+        if !(100..=60_000).contains(&timeout) {
+            return Err(format!("timeout_ms must be between 100 and 60000, got {timeout}"));
+        }
+        let target = a.address.unwrap_or_else(|| "255.255.255.255:47808".into());
+        let addr = crate::bacnet::parse_address(&target).map_err(|e| format!("address: {e}"))?;
+        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
+        let mut devices = crate::bacnet::discover_devices(client.as_ref(), addr, None, Duration::from_millis(timeout))
+            .await
+            .map_err(|e| e.to_string())?;
+        devices.sort_by_key(|d| d.instance);
+        let devices_omitted = devices.len().saturating_sub(DISCOVER_CAP);
+        devices.truncate(DISCOVER_CAP);
+        Ok(Json(DiscoverResult {
+            target: addr.to_string(),
+            devices,
+            devices_omitted,
+        }))
+    }
+}
