@@ -62,12 +62,12 @@ pub async fn run_cycle(app: &App, progress: &dyn Progress, cancel: &Cancellation
     let started = std::time::Instant::now();
     const CANCELLED: &str = "not run: the cycle was cancelled";
     progress.update(0, Some(4), "downloading tenants");
-    let download_tenants = Step::from(crate::download::download(app, Table::Tenants, false).await);
+    let download_tenants = Step::from(crate::download::download(app, Table::Tenants, false, &NoProgress).await);
     progress.update(1, Some(4), "downloading meters");
     let download_meters = if cancel.is_cancelled() {
         Step::skipped(CANCELLED)
     } else {
-        Step::from(crate::download::download(app, Table::Meters, false).await)
+        Step::from(crate::download::download(app, Table::Meters, false, &NoProgress).await)
     };
     progress.update(2, Some(4), "collecting meters");
     let collect = if cancel.is_cancelled() {

@@ -120,10 +120,10 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
     let download = every("download", cfg.download_interval, shutdown.clone(), move |_cancel| {
         let app = a.clone();
         async move {
-            let t = crate::download::download(&app, crate::download::Table::Tenants, false)
+            let t = crate::download::download(&app, crate::download::Table::Tenants, false, &LogProgress("download"))
                 .await
                 .map_err(|e| format!("tenants: {e}"))?;
-            let m = crate::download::download(&app, crate::download::Table::Meters, false)
+            let m = crate::download::download(&app, crate::download::Table::Meters, false, &LogProgress("download"))
                 .await
                 .map_err(|e| format!("meters: {e}"))?;
             Ok(format!(
