@@ -1,1 +1,2 @@
 //! metersync: the sync agent of an energy-metering site (work in progress).
+pub mod bacnet;
