@@ -242,3 +242,11 @@ pub fn fuzz_decode(data: &[u8]) -> bool {
     }
     true
 }
+
+/// Feed `data` to a simulated device's request handler, as the fuzzer's second
+/// target: the simulator also faces the network in `metersync demo`.
+#[doc(hidden)]
+pub fn fuzz_simulator(data: &[u8]) -> bool {
+    let config = sim::SimDeviceConfig::new(7, SocketAddr::from(([127, 0, 0, 1], 0)));
+    sim::device_state_for_tests(config).handle(data).is_some()
+}

@@ -128,3 +128,16 @@ fn two_hundred_thousand_datagrams_never_panic() {
     // The mutations must reach past the BVLC check often, or the test proves little.
     assert!(decoded > 20_000, "only {decoded} decoded");
 }
+
+#[test]
+fn fuzz_seeds_decode() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds") {
+        let path = entry.expect("entry").path();
+        let data = std::fs::read(&path).expect("seed");
+        assert!(super::fuzz_decode(&data), "{} does not decode", path.display());
+        n += 1;
+    }
+    assert!(n >= 5);
+}

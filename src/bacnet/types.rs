@@ -351,6 +351,7 @@ impl fmt::Display for ErrorCode {
             32 => "unknown-property",
             42 => "invalid-array-index",
             45 => "optional-functionality-not-supported",
+            54 => "reply too long for the device (it does not segment)",
             _ => return write!(f, "error class {} code {}", self.class, self.code),
         };
         f.write_str(code)

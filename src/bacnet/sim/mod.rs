@@ -197,8 +197,7 @@ impl SimDevice {
     }
 }
 
-/// A device's request handler without sockets, for the no-panic test.
-#[cfg(test)]
+/// A device's request handler without sockets, for the no-panic test and the fuzzer.
 pub(crate) fn device_state_for_tests(config: SimDeviceConfig) -> DeviceState {
     DeviceState::new(config)
 }
