@@ -49,9 +49,17 @@ async fn main() -> anyhow::Result<()> {
     let configs = (0..args.devices)
         .map(|i| {
             let (ip, port) = if args.ports {
-                (args.ip, args.port.checked_add(i as u16).context("port out of range")?)
+                (
+                    args.ip,
+                    args.port
+                        .checked_add(i as u16)
+                        .context("port out of range")?,
+                )
             } else {
-                (Ipv4Addr::from(base.checked_add(i).context("address out of range")?), args.port)
+                (
+                    Ipv4Addr::from(base.checked_add(i).context("address out of range")?),
+                    args.port,
+                )
             };
             let mut c = SimDeviceConfig::new(args.first_instance + i, SocketAddr::from((ip, port)));
             c.extra_points = args.extra_points;
@@ -61,7 +69,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(c)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let sim = Simulator::start(configs).await.context("binding simulator sockets")?;
+    let sim = Simulator::start(configs)
+        .await
+        .context("binding simulator sockets")?;
     for d in sim.devices() {
         eprintln!("device {} listening on {}", d.instance(), d.addr());
     }

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use metersync::bacnet::sim::{self, SimDeviceConfig, SimScale, Simulator};
 use metersync::bacnet::{
-    discover_devices, parse_points, read_meter, BacnetClient, BacnetConfig, BacnetError, Device, ObjectId,
-    PointReading, UdpClient,
+    discover_devices, parse_points, read_meter, BacnetClient, BacnetConfig, BacnetError, Device,
+    ObjectId, PointReading, UdpClient,
 };
 
 const TIMEOUT: Duration = Duration::from_millis(250);
@@ -47,7 +47,11 @@ fn assert_matches_sim(readings: &[PointReading], d: &sim::SimDevice, objects: &[
         assert_eq!(r.error, None, "{} of device {}", r.name, d.instance());
         let want = d.served_value(*o).expect("object exists");
         let got = r.value.expect("value");
-        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "{}: got {got}, want {want}", r.name);
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{}: got {got}, want {want}",
+            r.name
+        );
     }
 }
 
@@ -57,7 +61,9 @@ fn standard_objects() -> Vec<ObjectId> {
 
 #[tokio::test]
 async fn reads_several_devices_with_units_and_scaled_accumulator() {
-    let mut configs: Vec<_> = (0..3).map(|i| SimDeviceConfig::new(1001 + i, loopback())).collect();
+    let mut configs: Vec<_> = (0..3)
+        .map(|i| SimDeviceConfig::new(1001 + i, loopback()))
+        .collect();
     configs[2].scale = SimScale::Float(0.5);
     let sim = Simulator::start(configs).await.unwrap();
     let client = client(TIMEOUT, 2).await;
@@ -70,11 +76,22 @@ async fn reads_several_devices_with_units_and_scaled_accumulator() {
         let readings = read_meter(&client, device(d), &points).await.unwrap();
         assert_matches_sim(&readings, d, &standard_objects());
         assert_eq!(readings[0].value, Some(12_345.5 + i as f64));
-        let units: Vec<_> = readings.iter().map(|r| r.unit.as_deref().unwrap_or("-")).collect();
+        let units: Vec<_> = readings
+            .iter()
+            .map(|r| r.unit.as_deref().unwrap_or("-"))
+            .collect();
         assert_eq!(units, ["kWh", "kW", "V", "A", "Hz", "PF", "kvar", "kWh"]);
         let scaled = if i == 2 { 777.0 * 0.5 } else { 77.7 };
-        assert!((readings[7].value.unwrap() - scaled).abs() < 1e-9, "{:?}", readings[7]);
-        assert_eq!(d.requests(), 1, "8 points should take one ReadPropertyMultiple");
+        assert!(
+            (readings[7].value.unwrap() - scaled).abs() < 1e-9,
+            "{:?}",
+            readings[7]
+        );
+        assert_eq!(
+            d.requests(),
+            1,
+            "8 points should take one ReadPropertyMultiple"
+        );
     }
     sim.shutdown().await;
     client.shutdown().await;
@@ -84,7 +101,9 @@ async fn reads_several_devices_with_units_and_scaled_accumulator() {
 async fn dead_device_costs_one_timeout_times_tries_and_others_still_read() {
     let mut dead = SimDeviceConfig::new(2001, loopback());
     dead.dead = true;
-    let sim = Simulator::start(vec![dead, SimDeviceConfig::new(2002, loopback())]).await.unwrap();
+    let sim = Simulator::start(vec![dead, SimDeviceConfig::new(2002, loopback())])
+        .await
+        .unwrap();
     let client = client(Duration::from_millis(200), 2).await;
     let points = sim::standard_points();
     let started = Instant::now();
@@ -94,11 +113,20 @@ async fn dead_device_costs_one_timeout_times_tries_and_others_still_read() {
     );
     let elapsed = started.elapsed();
     let err = dead_result.unwrap_err();
-    assert!(matches!(err, BacnetError::Timeout { tries: 3, .. }), "{err}");
+    assert!(
+        matches!(err, BacnetError::Timeout { tries: 3, .. }),
+        "{err}"
+    );
     assert!(err.is_retryable());
     let msg = err.to_string();
-    assert!(msg.contains("device 2001") && msg.contains("after 3 tries of 200 ms"), "{msg}");
-    assert!(elapsed >= Duration::from_millis(600) && elapsed < Duration::from_millis(1000), "{elapsed:?}");
+    assert!(
+        msg.contains("device 2001") && msg.contains("after 3 tries of 200 ms"),
+        "{msg}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(600) && elapsed < Duration::from_millis(1000),
+        "{elapsed:?}"
+    );
     assert_eq!(live_result.unwrap().len(), 8);
     assert_eq!(sim.devices()[0].requests(), 3);
 
@@ -108,7 +136,11 @@ async fn dead_device_costs_one_timeout_times_tries_and_others_still_read() {
         instance: 9,
     };
     let err = read_meter(&client, nobody, &points).await.unwrap_err();
-    assert!(err.to_string().starts_with("no reply from 127.0.0.9:47808 (device 9) after 3 tries"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("no reply from 127.0.0.9:47808 (device 9) after 3 tries"),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -119,14 +151,18 @@ async fn device_without_rpm_is_read_by_read_property() {
     let d = &sim.devices()[0];
     d.freeze(true);
     let client = client(TIMEOUT, 2).await;
-    let readings = read_meter(&client, device(d), &sim::standard_points()).await.unwrap();
+    let readings = read_meter(&client, device(d), &sim::standard_points())
+        .await
+        .unwrap();
     assert_matches_sim(&readings, d, &standard_objects());
     assert_eq!(readings[4].unit.as_deref(), Some("Hz"));
     // One rejected RPM, then 8 points x (value, units, status-flags, reliability) + scale.
     assert_eq!(d.requests(), 1 + 8 * 4 + 1);
     // The client remembers: the next read goes straight to ReadProperty.
     d.reset_requests();
-    read_meter(&client, device(d), &sim::standard_points()).await.unwrap();
+    read_meter(&client, device(d), &sim::standard_points())
+        .await
+        .unwrap();
     assert_eq!(d.requests(), 8 * 4 + 1);
 }
 
@@ -190,9 +226,15 @@ async fn faulty_points_are_reported_without_a_value() {
         {"name": "name", "object": "analog-input:1", "property": "object-name"},
     ]);
     let client = client(TIMEOUT, 2).await;
-    let r = read_meter(&client, device(d), &parse_points(&json).unwrap()).await.unwrap();
+    let r = read_meter(&client, device(d), &parse_points(&json).unwrap())
+        .await
+        .unwrap();
     assert!(r[0].value.is_some() && r[0].error.is_none());
-    let errors: Vec<_> = r.iter().skip(1).map(|r| (r.value, r.error.as_deref().unwrap_or(""))).collect();
+    let errors: Vec<_> = r
+        .iter()
+        .skip(1)
+        .map(|r| (r.value, r.error.as_deref().unwrap_or("")))
+        .collect();
     assert_eq!(
         errors,
         [
@@ -210,9 +252,15 @@ async fn captured_replies(target: SocketAddr) -> Vec<Vec<u8>> {
     let raw = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
     let requests: [&[u8]; 3] = [
         // ReadProperty analog-input:1 present-value
-        &[0x81, 0x0a, 0x00, 0x11, 0x01, 0x04, 0x00, 0x05, 0x01, 0x0c, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x19, 0x55],
+        &[
+            0x81, 0x0a, 0x00, 0x11, 0x01, 0x04, 0x00, 0x05, 0x01, 0x0c, 0x0c, 0x00, 0x00, 0x00,
+            0x01, 0x19, 0x55,
+        ],
         // ReadPropertyMultiple analog-input:1 {present-value, status-flags}
-        &[0x81, 0x0a, 0x00, 0x15, 0x01, 0x04, 0x00, 0x05, 0x02, 0x0e, 0x0c, 0x00, 0x00, 0x00, 0x01, 0x1e, 0x09, 0x55, 0x09, 0x6f, 0x1f],
+        &[
+            0x81, 0x0a, 0x00, 0x15, 0x01, 0x04, 0x00, 0x05, 0x02, 0x0e, 0x0c, 0x00, 0x00, 0x00,
+            0x01, 0x1e, 0x09, 0x55, 0x09, 0x6f, 0x1f,
+        ],
         // Who-Is
         &[0x81, 0x0a, 0x00, 0x08, 0x01, 0x00, 0x10, 0x08],
     ];
@@ -220,7 +268,10 @@ async fn captured_replies(target: SocketAddr) -> Vec<Vec<u8>> {
     let mut buf = [0u8; 1500];
     for req in requests {
         raw.send_to(req, target).await.unwrap();
-        let (n, _) = tokio::time::timeout(Duration::from_secs(2), raw.recv_from(&mut buf)).await.unwrap().unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), raw.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         out.push(buf[..n].to_vec());
     }
     out
@@ -273,15 +324,24 @@ async fn garbage_flood_never_disturbs_reads() {
     let points = sim::standard_points();
     let mut rounds = 0;
     while !done.load(Ordering::SeqCst) || rounds == 0 {
-        let reads = sim.devices().iter().map(|d| read_meter(client.as_ref(), device(d), &points));
-        for (d, r) in sim.devices().iter().zip(futures::future::join_all(reads).await) {
+        let reads = sim
+            .devices()
+            .iter()
+            .map(|d| read_meter(client.as_ref(), device(d), &points));
+        for (d, r) in sim
+            .devices()
+            .iter()
+            .zip(futures::future::join_all(reads).await)
+        {
             assert_matches_sim(&r.expect("read during flood"), d, &standard_objects());
         }
         rounds += 1;
     }
     flood.await.unwrap();
     for d in sim.devices() {
-        let r = read_meter(client.as_ref(), device(d), &points).await.unwrap();
+        let r = read_meter(client.as_ref(), device(d), &points)
+            .await
+            .unwrap();
         assert_matches_sim(&r, d, &standard_objects());
     }
     let stats = client.stats();
@@ -291,25 +351,59 @@ async fn garbage_flood_never_disturbs_reads() {
 
 #[tokio::test]
 async fn who_is_finds_the_simulated_devices() {
-    let mut configs: Vec<_> = (0..3).map(|i| SimDeviceConfig::new(7001 + i, loopback())).collect();
+    let mut configs: Vec<_> = (0..3)
+        .map(|i| SimDeviceConfig::new(7001 + i, loopback()))
+        .collect();
     configs[1].vendor_name = "Acme Metering".into();
     configs[1].vendor_id = 42;
     let sim = Simulator::start(configs).await.unwrap();
     let client = client(TIMEOUT, 1).await;
     for d in sim.devices() {
-        let found = discover_devices(&client, d.addr(), None, Duration::from_millis(200)).await.unwrap();
+        let found = discover_devices(&client, d.addr(), None, Duration::from_millis(200))
+            .await
+            .unwrap();
         assert_eq!(found.len(), 1, "{found:?}");
         let f = &found[0];
-        assert_eq!((f.instance, f.address.as_str()), (d.instance(), d.addr().to_string().as_str()));
-        assert_eq!(f.name.as_deref(), Some(format!("Meter {}", d.instance()).as_str()));
+        assert_eq!(
+            (f.instance, f.address.as_str()),
+            (d.instance(), d.addr().to_string().as_str())
+        );
+        assert_eq!(
+            f.name.as_deref(),
+            Some(format!("Meter {}", d.instance()).as_str())
+        );
         assert_eq!(f.error, None);
     }
-    let acme = discover_devices(&client, sim.devices()[1].addr(), None, Duration::from_millis(200)).await.unwrap();
-    assert_eq!((acme[0].vendor_id, acme[0].vendor_name.as_deref()), (42, Some("Acme Metering")));
+    let acme = discover_devices(
+        &client,
+        sim.devices()[1].addr(),
+        None,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (acme[0].vendor_id, acme[0].vendor_name.as_deref()),
+        (42, Some("Acme Metering"))
+    );
     // A range that excludes the device: no answer.
-    let none = client.who_is(sim.devices()[0].addr(), Some((1, 7000)), Duration::from_millis(150)).await.unwrap();
+    let none = client
+        .who_is(
+            sim.devices()[0].addr(),
+            Some((1, 7000)),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap();
     assert!(none.is_empty());
-    let one = client.who_is(sim.devices()[0].addr(), Some((7001, 7001)), Duration::from_millis(150)).await.unwrap();
+    let one = client
+        .who_is(
+            sim.devices()[0].addr(),
+            Some((7001, 7001)),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap();
     assert_eq!(one.len(), 1);
 }
 
@@ -329,7 +423,10 @@ async fn thirty_two_devices_are_read_concurrently() {
     let client = client(Duration::from_millis(1000), 1).await;
     let points = sim::standard_points();
     let started = Instant::now();
-    let reads = sim.devices().iter().map(|d| read_meter(&client, device(d), &points));
+    let reads = sim
+        .devices()
+        .iter()
+        .map(|d| read_meter(&client, device(d), &points));
     let results = futures::future::join_all(reads).await;
     let elapsed = started.elapsed();
     for (d, r) in sim.devices().iter().zip(results) {

@@ -136,7 +136,11 @@ fn fuzz_seeds_decode() {
     for entry in std::fs::read_dir(&dir).expect("fuzz/seeds") {
         let path = entry.expect("entry").path();
         let data = std::fs::read(&path).expect("seed");
-        assert!(super::fuzz_decode(&data), "{} does not decode", path.display());
+        assert!(
+            super::fuzz_decode(&data),
+            "{} does not decode",
+            path.display()
+        );
         n += 1;
     }
     assert!(n >= 5);
