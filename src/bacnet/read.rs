@@ -265,3 +265,132 @@ pub async fn discover_devices(
         .await;
     Ok(devices)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::types::ErrorCode;
+    use super::super::IAm;
+    use super::*;
+
+    /// An in-memory device: answers from a table, as a collector test would.
+    struct Fake(Vec<(PropertyRef, PropertyResult)>);
+
+    impl BacnetClient for Fake {
+        fn read_properties<'a>(
+            &'a self,
+            _device: Device,
+            props: &'a [PropertyRef],
+        ) -> super::super::BoxFuture<'a, Result<Vec<PropertyResult>, BacnetError>> {
+            let unknown = Err(ErrorCode {
+                class: ErrorCode::CLASS_PROPERTY,
+                code: ErrorCode::UNKNOWN_PROPERTY,
+            });
+            let out = props
+                .iter()
+                .map(|p| {
+                    self.0
+                        .iter()
+                        .find(|(q, _)| q == p)
+                        .map_or(unknown.clone(), |(_, r)| r.clone())
+                })
+                .collect();
+            Box::pin(async move { Ok(out) })
+        }
+
+        fn who_is(
+            &self,
+            _target: SocketAddr,
+            _range: Option<(u32, u32)>,
+            _wait: Duration,
+        ) -> super::super::BoxFuture<'_, Result<Vec<IAm>, BacnetError>> {
+            Box::pin(async { Ok(Vec::new()) })
+        }
+    }
+
+    fn p(object: &str, property: PropertyId) -> PropertyRef {
+        PropertyRef {
+            object: ObjectId::parse(object).unwrap(),
+            property,
+        }
+    }
+
+    fn point(name: &str, object: &str) -> PointSpec {
+        PointSpec {
+            name: name.into(),
+            object: ObjectId::parse(object).unwrap(),
+            property: PropertyId::PRESENT_VALUE,
+        }
+    }
+
+    #[tokio::test]
+    async fn scales_flags_and_non_finite_values() {
+        let fake = Fake(vec![
+            (
+                p("accumulator:1", PropertyId::PRESENT_VALUE),
+                Ok(Value::Unsigned(1234)),
+            ),
+            (
+                p("accumulator:1", PropertyId::UNITS),
+                Ok(Value::Enumerated(19)),
+            ),
+            (
+                p("accumulator:1", PropertyId::SCALE),
+                Ok(Value::Context {
+                    tag: 1,
+                    data: vec![0xfe],
+                }),
+            ),
+            (
+                p("accumulator:2", PropertyId::PRESENT_VALUE),
+                Ok(Value::Unsigned(10)),
+            ),
+            (
+                p("accumulator:2", PropertyId::SCALE),
+                Ok(Value::Context {
+                    tag: 0,
+                    data: 0.5f32.to_be_bytes().to_vec(),
+                }),
+            ),
+            (
+                p("analog-value:1", PropertyId::PRESENT_VALUE),
+                Ok(Value::Real(f32::NAN)),
+            ),
+            (
+                p("analog-value:2", PropertyId::PRESENT_VALUE),
+                Ok(Value::Real(1.0)),
+            ),
+            (
+                p("analog-value:2", PropertyId::STATUS_FLAGS),
+                Ok(Value::BitString {
+                    unused_bits: 4,
+                    bytes: vec![0x50],
+                }),
+            ),
+        ]);
+        let device = Device {
+            addr: "127.0.0.1:47808".parse().unwrap(),
+            instance: 1,
+        };
+        let points = [
+            point("a", "accumulator:1"),
+            point("b", "accumulator:2"),
+            point("c", "analog-value:1"),
+            point("d", "analog-value:2"),
+            point("e", "analog-value:3"),
+        ];
+        let r = read_meter(&fake, device, &points).await.unwrap();
+        assert!((r[0].value.unwrap() - 12.34).abs() < 1e-9);
+        assert_eq!(r[0].unit.as_deref(), Some("kWh"));
+        assert_eq!(r[1].value, Some(5.0));
+        assert_eq!(
+            r[2].error.as_deref(),
+            Some("present-value is not a finite number")
+        );
+        assert_eq!(
+            r[3].error.as_deref(),
+            Some("status-flags: fault, out-of-service")
+        );
+        assert_eq!(r[4].error.as_deref(), Some("unknown-property"));
+        assert!(r[2..].iter().all(|r| r.value.is_none()));
+    }
+}
