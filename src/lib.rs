@@ -16,14 +16,27 @@
 //! - [`runs`]: the `sync_runs` journal every operation writes.
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
 //! - [`progress`]: how engines report progress without knowing to whom.
+//! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator).
+//! - [`collect`]: meters -> local readings (`collect_meters`, `read_meter`).
+//! - [`upload`]: local readings -> remote, exactly once (`upload_readings`).
+//! - [`download`]: remote tenants and meters -> local (`download_*`).
+//! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
 //! - [`meters`]: the local meter list, paged (`list_meters`).
-//! - [`app`]: the context (config + pools) every front end shares.
+//! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
+//! - [`daemon`]: `metersync run`, the three loops and graceful shutdown.
+//! - [`demo`]: `metersync demo`, a whole site on loopback.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
 
 pub mod app;
+pub mod bacnet;
+pub mod collect;
 pub mod config;
+pub mod cycle;
+pub mod daemon;
 pub mod db;
+pub mod demo;
+pub mod download;
 pub mod logging;
 pub mod mcp;
 pub mod meters;
@@ -33,3 +46,4 @@ pub mod retry;
 pub mod runs;
 pub mod status;
 pub mod tls;
+pub mod upload;

@@ -1,0 +1,253 @@
+//! A meter's configuration as the BACnet layer reads it: the `points` JSON of
+//! the `meters` table and the `address` column.
+//!
+//! Guarantees: parsing never panics; every error names the offending entry
+//! (index and name) and says what would be accepted.
+
+use std::collections::HashSet;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use serde_json::Value as Json;
+
+use super::types::{ObjectId, PropertyId};
+
+/// The UDP port BACnet/IP uses unless an address names another (0xBAC0).
+pub const DEFAULT_PORT: u16 = 47808;
+
+/// One configured point of a meter: a name, an object and the property to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PointSpec {
+    /// The name readings are stored under (e.g. `energy_kwh`); unique within a meter.
+    pub name: String,
+    /// The BACnet object, e.g. `analog-input:1`.
+    pub object: ObjectId,
+    /// The property to read; present-value unless the entry names another.
+    pub property: PropertyId,
+}
+
+/// Why a meter's `points` could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PointsError {
+    /// The value is not a JSON array.
+    #[error("points must be a JSON array of {{\"name\": ..., \"object\": \"analog-input:1\"}} entries, found {found}")]
+    NotAnArray {
+        /// The JSON type found instead.
+        found: &'static str,
+    },
+    /// The array is empty, so there is nothing to read.
+    #[error("points is an empty array: configure at least one {{\"name\", \"object\"}} entry")]
+    Empty,
+    /// One entry is malformed.
+    #[error("points[{index}]{label}: {problem}")]
+    Entry {
+        /// Position in the array.
+        index: usize,
+        /// ` ("name")` when the entry has a readable name, else empty.
+        label: String,
+        /// What is wrong and what is accepted.
+        problem: String,
+    },
+}
+
+/// Why a meter's `address` could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("meter address `{input}` is not valid: {problem} (expected an IPv4 host with an optional port, e.g. 192.168.1.20:47808; the port defaults to 47808)")]
+pub struct AddressError {
+    /// The address as configured.
+    pub input: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn json_type(v: &Json) -> &'static str {
+    match v {
+        Json::Null => "null",
+        Json::Bool(_) => "a boolean",
+        Json::Number(_) => "a number",
+        Json::String(_) => "a string",
+        Json::Array(_) => "an array",
+        Json::Object(_) => "an object",
+    }
+}
+
+/// Parse a meter's `points` JSON: an array of `{"name", "object", "property"?}`.
+///
+/// Fails on a non-array, an empty array, or any entry without a non-empty unique
+/// `name`, with an unparsable `object` or `property`, or with an unknown key
+/// (a misspelt `"propery"` would otherwise silently read present-value).
+pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
+    let entries = json.as_array().ok_or(PointsError::NotAnArray {
+        found: json_type(json),
+    })?;
+    if entries.is_empty() {
+        return Err(PointsError::Empty);
+    }
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(entries.len());
+    for (index, entry) in entries.iter().enumerate() {
+        let name = entry.get("name").and_then(Json::as_str).map(str::trim);
+        let label = name
+            .filter(|n| !n.is_empty())
+            .map(|n| format!(" (\"{n}\")"))
+            .unwrap_or_default();
+        let fail = |problem: String| PointsError::Entry {
+            index,
+            label: label.clone(),
+            problem,
+        };
+        let obj = entry
+            .as_object()
+            .ok_or_else(|| fail(format!("expected an object, found {}", json_type(entry))))?;
+        if let Some(key) = obj
+            .keys()
+            .find(|k| !["name", "object", "property"].contains(&k.as_str()))
+        {
+            return Err(fail(format!(
+                "unknown key `{key}` (allowed: name, object, property)"
+            )));
+        }
+        let name = match name {
+            Some(n) if !n.is_empty() => n.to_string(),
+            _ => return Err(fail("`name` must be a non-empty string".into())),
+        };
+        if !seen.insert(name.clone()) {
+            return Err(fail(format!("duplicate point name `{name}`")));
+        }
+        let object = match obj.get("object") {
+            Some(Json::String(s)) => ObjectId::parse(s).map_err(fail)?,
+            Some(other) => {
+                return Err(fail(format!(
+                    "`object` must be a string like \"analog-input:1\", found {}",
+                    json_type(other)
+                )))
+            }
+            None => return Err(fail("missing `object`, e.g. \"analog-input:1\"".into())),
+        };
+        let property = match obj.get("property") {
+            None | Some(Json::Null) => PropertyId::PRESENT_VALUE,
+            Some(Json::String(s)) => PropertyId::parse(s).map_err(fail)?,
+            Some(Json::Number(n)) => n
+                .as_u64()
+                .and_then(|n| PropertyId::parse(&n.to_string()).ok())
+                .ok_or_else(|| {
+                    fail(format!(
+                        "property number {n} is not a BACnet property identifier"
+                    ))
+                })?,
+            Some(other) => {
+                return Err(fail(format!(
+                    "`property` must be a name like \"present-value\" or a number, found {}",
+                    json_type(other)
+                )))
+            }
+        };
+        out.push(PointSpec {
+            name,
+            object,
+            property,
+        });
+    }
+    Ok(out)
+}
+
+/// Parse a meter address `host:port` (IPv4 host; port defaults to 47808).
+///
+/// Fails on host names (resolving them would block and hide a misconfiguration),
+/// IPv6 (BACnet/IPv6 is a different protocol) and ports outside 1..=65535.
+pub fn parse_address(s: &str) -> Result<SocketAddr, AddressError> {
+    let fail = |problem: &str| AddressError {
+        input: s.to_string(),
+        problem: problem.to_string(),
+    };
+    let t = s.trim();
+    if t.is_empty() {
+        return Err(fail("it is empty"));
+    }
+    if t.starts_with('[') || t.matches(':').count() > 1 {
+        return Err(fail("IPv6 is not BACnet/IP"));
+    }
+    let (host, port) = match t.split_once(':') {
+        Some((h, p)) => {
+            let port = p
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| fail("the port is not a number from 1 to 65535"))?;
+            (h.trim(), port)
+        }
+        None => (t, DEFAULT_PORT),
+    };
+    let ip: Ipv4Addr = host
+        .parse()
+        .map_err(|_| fail("the host is not an IPv4 address"))?;
+    Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn points_parse() {
+        let p = parse_points(&json!([
+            {"name": "energy_kwh", "object": "analog-input:1"},
+            {"name": "pulses", "object": "accumulator:1", "property": "present-value"},
+            {"name": "n", "object": "analog-value:2", "property": 77},
+        ]))
+        .unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0].property, PropertyId::PRESENT_VALUE);
+        assert_eq!(p[2].property, PropertyId::OBJECT_NAME);
+    }
+
+    #[test]
+    fn points_errors_name_the_entry() {
+        let e = parse_points(
+            &json!([{"name": "a", "object": "analog-input:1"}, {"name": "b", "object": "nope:1"}]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("points[1] (\"b\"): unknown object type `nope`"),
+            "{e}"
+        );
+        let e = parse_points(&json!([{"name": "a", "object": "analog-input:1", "propery": "x"}]))
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown key `propery`"));
+        assert!(parse_points(&json!({}))
+            .unwrap_err()
+            .to_string()
+            .contains("found an object"));
+        assert_eq!(parse_points(&json!([])).unwrap_err(), PointsError::Empty);
+        assert!(parse_points(&json!([{"object": "analog-input:1"}])).is_err());
+        let dup = json!([{"name": "a", "object": "analog-input:1"}, {"name": "a", "object": "analog-input:2"}]);
+        assert!(parse_points(&dup)
+            .unwrap_err()
+            .to_string()
+            .contains("duplicate"));
+    }
+
+    #[test]
+    fn addresses_parse() {
+        assert_eq!(
+            parse_address("10.0.0.5").unwrap(),
+            "10.0.0.5:47808".parse().unwrap()
+        );
+        assert_eq!(
+            parse_address(" 10.0.0.5:47809 ").unwrap(),
+            "10.0.0.5:47809".parse().unwrap()
+        );
+        for bad in [
+            "",
+            "meter.local:47808",
+            "10.0.0.5:0",
+            "10.0.0.5:99999",
+            "[::1]:47808",
+            "10.0.0.5:x",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! Simulated BACnet/IP meters over real UDP, for tests, the benchmark and
+//! `metersync demo`: one [`Simulator`] serves many devices, each on its own
+//! socket (127.0.0.x addresses and/or ports).
+//!
+//! Each device has a device object (object-name, vendor-name,
+//! vendor-identifier), analog-inputs 1-7 (energy kWh, power kW, voltage V,
+//! current A, frequency Hz, power factor, reactive power kvar), accumulator 1
+//! (kWh pulses with a scale) and optionally `extra_points` analog-inputs from
+//! 100 up. Values drift on every read unless frozen. Per device: RPM support,
+//! max APDU, a response delay, and "dead" (never answers) are configurable;
+//! [`SimDevice`] sets values, faults and counts requests.
+//!
+//! Guarantees: no input datagram can panic the simulator; dropping the
+//! [`Simulator`] stops its tasks, [`Simulator::shutdown`] also waits for them.
+
+mod device;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use device::DeviceState;
+pub use device::SimScale;
+
+use super::points::PointSpec;
+use super::types::{ObjectId, ObjectType, PropertyId};
+
+/// The objects every simulated device serves, by the point names the demo and tests use.
+pub const STANDARD_POINTS: [(&str, &str); 8] = [
+    ("energy_kwh", "analog-input:1"),
+    ("power_kw", "analog-input:2"),
+    ("voltage_v", "analog-input:3"),
+    ("current_a", "analog-input:4"),
+    ("frequency_hz", "analog-input:5"),
+    ("power_factor", "analog-input:6"),
+    ("reactive_power_kvar", "analog-input:7"),
+    ("energy_pulses_kwh", "accumulator:1"),
+];
+
+/// The standard points as a meter's `points` JSON.
+pub fn standard_points_json() -> serde_json::Value {
+    serde_json::Value::Array(
+        STANDARD_POINTS
+            .iter()
+            .map(|(name, object)| serde_json::json!({"name": name, "object": object}))
+            .collect(),
+    )
+}
+
+/// The standard points, parsed.
+pub fn standard_points() -> Vec<PointSpec> {
+    STANDARD_POINTS
+        .iter()
+        .filter_map(|(name, object)| {
+            Some(PointSpec {
+                name: (*name).to_string(),
+                object: ObjectId::parse(object).ok()?,
+                property: PropertyId::PRESENT_VALUE,
+            })
+        })
+        .collect()
+}
+
+/// The extra analog-input `i` (0-based) of a device configured with `extra_points`.
+pub fn extra_point(i: u32) -> Option<ObjectId> {
+    ObjectId::new(ObjectType::ANALOG_INPUT, 100u32.checked_add(i)?)
+}
+
+/// How one simulated device behaves.
+#[derive(Clone, Debug)]
+pub struct SimDeviceConfig {
+    /// Device instance.
+    pub instance: u32,
+    /// Where to listen (port 0 picks a free port).
+    pub bind: SocketAddr,
+    /// object-name of the device object.
+    pub name: String,
+    /// vendor-name.
+    pub vendor_name: String,
+    /// vendor-identifier.
+    pub vendor_id: u32,
+    /// Answer ReadPropertyMultiple (else Reject unrecognized-service).
+    pub supports_rpm: bool,
+    /// Largest reply APDU; a longer one is answered with Abort segmentation-not-supported.
+    pub max_apdu: usize,
+    /// Extra analog-inputs (100, 101, ...) beyond the standard ones.
+    pub extra_points: u32,
+    /// Never answer anything.
+    pub dead: bool,
+    /// Wait this long before each answer.
+    pub delay: Duration,
+    /// The accumulator's scale.
+    pub scale: SimScale,
+}
+
+impl SimDeviceConfig {
+    /// A healthy meter at `bind`: RPM, max APDU 1476, no delay, scale 10^-1.
+    pub fn new(instance: u32, bind: SocketAddr) -> Self {
+        Self {
+            instance,
+            bind,
+            name: format!("Meter {instance}"),
+            vendor_name: "metersync simulator".to_string(),
+            vendor_id: 999,
+            supports_rpm: true,
+            max_apdu: 1476,
+            extra_points: 0,
+            dead: false,
+            delay: Duration::ZERO,
+            scale: SimScale::Integer(-1),
+        }
+    }
+}
+
+/// A handle on one running simulated device; clone freely.
+#[derive(Clone)]
+pub struct SimDevice {
+    addr: SocketAddr,
+    instance: u32,
+    state: Arc<Mutex<DeviceState>>,
+}
+
+fn lock(m: &Mutex<DeviceState>) -> MutexGuard<'_, DeviceState> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SimDevice {
+    /// Where the device listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its device instance.
+    pub fn instance(&self) -> u32 {
+        self.instance
+    }
+
+    /// Stop (or resume) drifting values.
+    pub fn freeze(&self, frozen: bool) {
+        lock(&self.state).frozen = frozen;
+    }
+
+    /// Set an object's value (an accumulator's pulse count); false if there is no such object.
+    pub fn set_value(&self, object: ObjectId, value: f64) -> bool {
+        lock(&self.state)
+            .objects
+            .get_mut(&object)
+            .map(|o| o.value = value)
+            .is_some()
+    }
+
+    /// What a client should read for `object` right now (f32-rounded, scaled), if frozen.
+    pub fn served_value(&self, object: ObjectId) -> Option<f64> {
+        lock(&self.state)
+            .objects
+            .get(&object)
+            .map(|o| o.served_value())
+    }
+
+    /// Set an object's status-flags fault and out-of-service bits.
+    pub fn set_status(&self, object: ObjectId, fault: bool, out_of_service: bool) -> bool {
+        let flags = if fault { 0x40 } else { 0 } | if out_of_service { 0x10 } else { 0 };
+        lock(&self.state)
+            .objects
+            .get_mut(&object)
+            .map(|o| o.status_flags = flags)
+            .is_some()
+    }
+
+    /// Set an object's reliability (0 = no-fault-detected, 2 = over-range, ...).
+    pub fn set_reliability(&self, object: ObjectId, reliability: u32) -> bool {
+        lock(&self.state)
+            .objects
+            .get_mut(&object)
+            .map(|o| o.reliability = reliability)
+            .is_some()
+    }
+
+    /// Stop (or resume) answering.
+    pub fn set_dead(&self, dead: bool) {
+        lock(&self.state).config.dead = dead;
+    }
+
+    /// Confirmed requests received so far (retries included).
+    pub fn requests(&self) -> u64 {
+        lock(&self.state).reads
+    }
+
+    /// Reset the request counter.
+    pub fn reset_requests(&self) {
+        lock(&self.state).reads = 0;
+    }
+}
+
+/// A device's request handler without sockets, for the no-panic test and the fuzzer.
+pub(crate) fn device_state_for_tests(config: SimDeviceConfig) -> DeviceState {
+    DeviceState::new(config)
+}
+
+/// Many simulated devices; stops when dropped.
+pub struct Simulator {
+    devices: Vec<SimDevice>,
+    cancel: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Simulator {
+    /// Bind every device's socket and start serving. Fails if a bind fails.
+    pub async fn start(configs: Vec<SimDeviceConfig>) -> std::io::Result<Self> {
+        let cancel = CancellationToken::new();
+        let mut sim = Self {
+            devices: Vec::with_capacity(configs.len()),
+            cancel: cancel.clone(),
+            tasks: Vec::with_capacity(configs.len()),
+        };
+        for config in configs {
+            let socket = Arc::new(UdpSocket::bind(config.bind).await?);
+            let addr = socket.local_addr()?;
+            let device = SimDevice {
+                addr,
+                instance: config.instance,
+                state: Arc::new(Mutex::new(DeviceState::new(config))),
+            };
+            sim.tasks
+                .push(tokio::spawn(serve(socket, device.clone(), cancel.clone())));
+            sim.devices.push(device);
+        }
+        Ok(sim)
+    }
+
+    /// `n` healthy devices on 127.0.0.1 with free ports, instances `first_instance..`.
+    pub async fn start_loopback(n: u32, first_instance: u32) -> std::io::Result<Self> {
+        let configs = (0..n)
+            .map(|i| {
+                SimDeviceConfig::new(
+                    first_instance.saturating_add(i),
+                    SocketAddr::from(([127, 0, 0, 1], 0)),
+                )
+            })
+            .collect();
+        Self::start(configs).await
+    }
+
+    /// The running devices, in the order configured.
+    pub fn devices(&self) -> &[SimDevice] {
+        &self.devices
+    }
+
+    /// The device with this instance.
+    pub fn device(&self, instance: u32) -> Option<&SimDevice> {
+        self.devices.iter().find(|d| d.instance == instance)
+    }
+
+    /// Confirmed requests received by all devices.
+    pub fn total_requests(&self) -> u64 {
+        self.devices.iter().map(SimDevice::requests).sum()
+    }
+
+    /// Stop serving and wait for every device task to end.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        for task in std::mem::take(&mut self.tasks) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+async fn serve(socket: Arc<UdpSocket>, device: SimDevice, cancel: CancellationToken) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(addr = %device.addr, error = %e, "simulator receive error");
+                    continue;
+                }
+            },
+        };
+        let (reply, delay) = {
+            let mut state = lock(&device.state);
+            if state.config.dead {
+                state.reads = state.reads.saturating_add(1);
+                continue;
+            }
+            (
+                state.handle(buf.get(..n).unwrap_or(&[])),
+                state.config.delay,
+            )
+        };
+        let Some(reply) = reply else { continue };
+        if delay.is_zero() {
+            let _ = socket.send_to(&reply, from).await;
+        } else {
+            let socket = socket.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = tokio::time::sleep(delay) => { let _ = socket.send_to(&reply, from).await; }
+                }
+            });
+        }
+    }
+}

@@ -1,0 +1,454 @@
+//! BACnet layer end to end: the real client against simulated meters over UDP
+//! on loopback (no database). Short timeouts keep the suite fast.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metersync::bacnet::sim::{self, SimDeviceConfig, SimScale, Simulator};
+use metersync::bacnet::{
+    discover_devices, parse_points, read_meter, BacnetClient, BacnetConfig, BacnetError, Device,
+    ObjectId, PointReading, UdpClient,
+};
+
+/// Timeout for tests where devices answer: it costs nothing unless a reply is lost, and
+/// generous enough that a loaded 2-core machine does not turn into a retry (tests count
+/// requests). The tests about timeouts set their own, shorter ones.
+const TIMEOUT: Duration = Duration::from_millis(1000);
+
+fn loopback() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+async fn client(timeout: Duration, retries: u32) -> UdpClient {
+    UdpClient::bind(BacnetConfig {
+        bind: loopback(),
+        timeout,
+        retries,
+    })
+    .await
+    .expect("bind client")
+}
+
+fn oid(s: &str) -> ObjectId {
+    ObjectId::parse(s).expect("object id")
+}
+
+fn device(d: &sim::SimDevice) -> Device {
+    Device {
+        addr: d.addr(),
+        instance: d.instance(),
+    }
+}
+
+/// Every reading has a value equal to what the simulator serves, and no error.
+#[track_caller]
+fn assert_matches_sim(readings: &[PointReading], d: &sim::SimDevice, objects: &[ObjectId]) {
+    assert_eq!(readings.len(), objects.len());
+    for (r, o) in readings.iter().zip(objects) {
+        assert_eq!(r.error, None, "{} of device {}", r.name, d.instance());
+        let want = d.served_value(*o).expect("object exists");
+        let got = r.value.expect("value");
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{}: got {got}, want {want}",
+            r.name
+        );
+    }
+}
+
+fn standard_objects() -> Vec<ObjectId> {
+    sim::standard_points().iter().map(|p| p.object).collect()
+}
+
+#[tokio::test]
+async fn reads_several_devices_with_units_and_scaled_accumulator() {
+    let mut configs: Vec<_> = (0..3)
+        .map(|i| SimDeviceConfig::new(1001 + i, loopback()))
+        .collect();
+    configs[2].scale = SimScale::Float(0.5);
+    let sim = Simulator::start(configs).await.unwrap();
+    let client = client(TIMEOUT, 2).await;
+    let points = parse_points(&sim::standard_points_json()).unwrap();
+    for (i, d) in sim.devices().iter().enumerate() {
+        d.freeze(true);
+        d.set_value(oid("analog-input:1"), 12_345.5 + i as f64);
+        d.set_value(oid("accumulator:1"), 777.0);
+        d.reset_requests();
+        let readings = read_meter(&client, device(d), &points).await.unwrap();
+        assert_matches_sim(&readings, d, &standard_objects());
+        assert_eq!(readings[0].value, Some(12_345.5 + i as f64));
+        let units: Vec<_> = readings
+            .iter()
+            .map(|r| r.unit.as_deref().unwrap_or("-"))
+            .collect();
+        assert_eq!(units, ["kWh", "kW", "V", "A", "Hz", "PF", "kvar", "kWh"]);
+        let scaled = if i == 2 { 777.0 * 0.5 } else { 77.7 };
+        assert!(
+            (readings[7].value.unwrap() - scaled).abs() < 1e-9,
+            "{:?}",
+            readings[7]
+        );
+        assert_eq!(
+            d.requests(),
+            1,
+            "8 points should take one ReadPropertyMultiple"
+        );
+    }
+    sim.shutdown().await;
+    client.shutdown().await;
+}
+
+#[tokio::test]
+async fn dead_device_costs_one_timeout_times_tries_and_others_still_read() {
+    let mut dead = SimDeviceConfig::new(2001, loopback());
+    dead.dead = true;
+    let sim = Simulator::start(vec![dead, SimDeviceConfig::new(2002, loopback())])
+        .await
+        .unwrap();
+    let client = client(Duration::from_millis(200), 2).await;
+    let points = sim::standard_points();
+    let started = Instant::now();
+    let (dead_result, live_result) = tokio::join!(
+        read_meter(&client, device(&sim.devices()[0]), &points),
+        read_meter(&client, device(&sim.devices()[1]), &points),
+    );
+    let elapsed = started.elapsed();
+    let err = dead_result.unwrap_err();
+    assert!(
+        matches!(err, BacnetError::Timeout { tries: 3, .. }),
+        "{err}"
+    );
+    assert!(err.is_retryable());
+    let msg = err.to_string();
+    assert!(
+        msg.contains("device 2001") && msg.contains("after 3 tries of 200 ms"),
+        "{msg}"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(600) && elapsed < Duration::from_millis(1000),
+        "{elapsed:?}"
+    );
+    assert_eq!(live_result.unwrap().len(), 8);
+    assert_eq!(sim.devices()[0].requests(), 3);
+
+    // An address where nothing listens at all behaves the same.
+    let nobody = Device {
+        addr: "127.0.0.9:47808".parse().unwrap(),
+        instance: 9,
+    };
+    let err = read_meter(&client, nobody, &points).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("no reply from 127.0.0.9:47808 (device 9) after 3 tries"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn device_without_rpm_is_read_by_read_property() {
+    let mut config = SimDeviceConfig::new(3001, loopback());
+    config.supports_rpm = false;
+    let sim = Simulator::start(vec![config]).await.unwrap();
+    let d = &sim.devices()[0];
+    d.freeze(true);
+    let client = client(TIMEOUT, 2).await;
+    let readings = read_meter(&client, device(d), &sim::standard_points())
+        .await
+        .unwrap();
+    assert_matches_sim(&readings, d, &standard_objects());
+    assert_eq!(readings[4].unit.as_deref(), Some("Hz"));
+    // One rejected RPM, then 8 points x (value, units, status-flags, reliability) + scale.
+    assert_eq!(d.requests(), 1 + 8 * 4 + 1);
+    // The client remembers: the next read goes straight to ReadProperty.
+    d.reset_requests();
+    read_meter(&client, device(d), &sim::standard_points())
+        .await
+        .unwrap();
+    assert_eq!(d.requests(), 8 * 4 + 1);
+}
+
+async fn read_many_points(max_apdu: usize, expect_splits: bool) {
+    let mut config = SimDeviceConfig::new(4001, loopback());
+    config.extra_points = 250;
+    config.max_apdu = max_apdu;
+    let sim = Simulator::start(vec![config]).await.unwrap();
+    let d = &sim.devices()[0];
+    d.freeze(true);
+    let objects: Vec<ObjectId> = (0..250).filter_map(sim::extra_point).collect();
+    let json = serde_json::Value::Array(
+        objects
+            .iter()
+            .enumerate()
+            .map(|(i, o)| serde_json::json!({"name": format!("p{i}"), "object": o.to_string()}))
+            .collect(),
+    );
+    let points = parse_points(&json).unwrap();
+    let client = client(TIMEOUT, 2).await;
+    let readings = read_meter(&client, device(d), &points).await.unwrap();
+    assert_matches_sim(&readings, d, &objects);
+    let first = d.requests();
+    // A second read uses what the client learned: no more aborts.
+    d.reset_requests();
+    let again = read_meter(&client, device(d), &points).await.unwrap();
+    assert_matches_sim(&again, d, &objects);
+    let second = d.requests();
+    if expect_splits {
+        // The first read met aborts and split; the second starts at the learned chunk size.
+        assert!(second < first, "{first} then {second}");
+    } else {
+        assert_eq!(second, first);
+    }
+}
+
+#[tokio::test]
+async fn meter_with_250_points_is_read_completely() {
+    read_many_points(480, false).await;
+}
+
+#[tokio::test]
+async fn tiny_max_apdu_forces_splitting_and_still_reads_everything() {
+    read_many_points(128, true).await;
+}
+
+#[tokio::test]
+async fn faulty_points_are_reported_without_a_value() {
+    let sim = Simulator::start_loopback(1, 5001).await.unwrap();
+    let d = &sim.devices()[0];
+    d.freeze(true);
+    d.set_status(oid("analog-input:2"), true, false);
+    d.set_reliability(oid("analog-input:3"), 2);
+    d.set_status(oid("analog-input:4"), false, true);
+    let json = serde_json::json!([
+        {"name": "energy", "object": "analog-input:1"},
+        {"name": "power", "object": "analog-input:2"},
+        {"name": "voltage", "object": "analog-input:3"},
+        {"name": "current", "object": "analog-input:4"},
+        {"name": "missing", "object": "analog-input:99"},
+        {"name": "name", "object": "analog-input:1", "property": "object-name"},
+    ]);
+    let client = client(TIMEOUT, 2).await;
+    let r = read_meter(&client, device(d), &parse_points(&json).unwrap())
+        .await
+        .unwrap();
+    assert!(r[0].value.is_some() && r[0].error.is_none());
+    let errors: Vec<_> = r
+        .iter()
+        .skip(1)
+        .map(|r| (r.value, r.error.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (None, "status-flags: fault"),
+            (None, "reliability: over-range"),
+            (None, "status-flags: out-of-service"),
+            (None, "unknown-object"),
+            (None, "object-name is not a number"),
+        ]
+    );
+}
+
+/// A valid reply datagram from a simulated device, obtained over a raw socket.
+async fn captured_replies(target: SocketAddr) -> Vec<Vec<u8>> {
+    let raw = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+    let requests: [&[u8]; 3] = [
+        // ReadProperty analog-input:1 present-value
+        &[
+            0x81, 0x0a, 0x00, 0x11, 0x01, 0x04, 0x00, 0x05, 0x01, 0x0c, 0x0c, 0x00, 0x00, 0x00,
+            0x01, 0x19, 0x55,
+        ],
+        // ReadPropertyMultiple analog-input:1 {present-value, status-flags}
+        &[
+            0x81, 0x0a, 0x00, 0x15, 0x01, 0x04, 0x00, 0x05, 0x02, 0x0e, 0x0c, 0x00, 0x00, 0x00,
+            0x01, 0x1e, 0x09, 0x55, 0x09, 0x6f, 0x1f,
+        ],
+        // Who-Is
+        &[0x81, 0x0a, 0x00, 0x08, 0x01, 0x00, 0x10, 0x08],
+    ];
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    for req in requests {
+        raw.send_to(req, target).await.unwrap();
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), raw.recv_from(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+#[tokio::test]
+async fn garbage_flood_never_disturbs_reads() {
+    let sim = Simulator::start_loopback(4, 6001).await.unwrap();
+    for d in sim.devices() {
+        d.freeze(true);
+    }
+    let seeds = captured_replies(sim.devices()[0].addr()).await;
+    let client = Arc::new(client(Duration::from_millis(300), 3).await);
+    let target = client.local_addr().unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    const FLOOD: u64 = 120_000;
+    let flood = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let raw = tokio::net::UdpSocket::bind(loopback()).await.unwrap();
+            let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+            let mut rnd = move || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x
+            };
+            for i in 0..FLOOD {
+                let mut buf = if i % 3 == 0 {
+                    (0..rnd() % 64).map(|_| rnd() as u8).collect::<Vec<u8>>()
+                } else {
+                    let mut b = seeds[(rnd() % seeds.len() as u64) as usize].clone();
+                    for _ in 0..=rnd() % 3 {
+                        let at = (rnd() % b.len() as u64) as usize;
+                        b[at] = rnd() as u8;
+                    }
+                    b
+                };
+                if i % 5 == 0 {
+                    buf.truncate((rnd() % (buf.len() as u64 + 1)) as usize);
+                }
+                let _ = raw.send_to(&buf, target).await;
+                if i % 256 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let points = sim::standard_points();
+    let mut rounds = 0;
+    while !done.load(Ordering::SeqCst) || rounds == 0 {
+        let reads = sim
+            .devices()
+            .iter()
+            .map(|d| read_meter(client.as_ref(), device(d), &points));
+        for (d, r) in sim
+            .devices()
+            .iter()
+            .zip(futures::future::join_all(reads).await)
+        {
+            assert_matches_sim(&r.expect("read during flood"), d, &standard_objects());
+        }
+        rounds += 1;
+    }
+    flood.await.unwrap();
+    for d in sim.devices() {
+        let r = read_meter(client.as_ref(), device(d), &points)
+            .await
+            .unwrap();
+        assert_matches_sim(&r, d, &standard_objects());
+    }
+    let stats = client.stats();
+    eprintln!("flood: {FLOOD} sent, {rounds} read rounds, client saw {stats:?}");
+    assert!(stats.garbage + stats.unmatched > FLOOD / 4, "{stats:?}");
+}
+
+#[tokio::test]
+async fn who_is_finds_the_simulated_devices() {
+    let mut configs: Vec<_> = (0..3)
+        .map(|i| SimDeviceConfig::new(7001 + i, loopback()))
+        .collect();
+    configs[1].vendor_name = "Acme Metering".into();
+    configs[1].vendor_id = 42;
+    let sim = Simulator::start(configs).await.unwrap();
+    let client = client(TIMEOUT, 1).await;
+    for d in sim.devices() {
+        let found = discover_devices(&client, d.addr(), None, Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        let f = &found[0];
+        assert_eq!(
+            (f.instance, f.address.as_str()),
+            (d.instance(), d.addr().to_string().as_str())
+        );
+        assert_eq!(
+            f.name.as_deref(),
+            Some(format!("Meter {}", d.instance()).as_str())
+        );
+        assert_eq!(f.error, None);
+    }
+    let acme = discover_devices(
+        &client,
+        sim.devices()[1].addr(),
+        None,
+        Duration::from_millis(200),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (acme[0].vendor_id, acme[0].vendor_name.as_deref()),
+        (42, Some("Acme Metering"))
+    );
+    // A range that excludes the device: no answer.
+    let none = client
+        .who_is(
+            sim.devices()[0].addr(),
+            Some((1, 7000)),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let one = client
+        .who_is(
+            sim.devices()[0].addr(),
+            Some((7001, 7001)),
+            Duration::from_millis(150),
+        )
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 1);
+}
+
+#[tokio::test]
+async fn thirty_two_devices_are_read_concurrently() {
+    let configs = (0..32)
+        .map(|i| {
+            let mut c = SimDeviceConfig::new(8001 + i, loopback());
+            c.delay = Duration::from_millis(100);
+            c
+        })
+        .collect();
+    let sim = Simulator::start(configs).await.unwrap();
+    for d in sim.devices() {
+        d.freeze(true);
+    }
+    let client = client(Duration::from_millis(1000), 1).await;
+    let points = sim::standard_points();
+    let started = Instant::now();
+    let reads = sim
+        .devices()
+        .iter()
+        .map(|d| read_meter(&client, device(d), &points));
+    let results = futures::future::join_all(reads).await;
+    let elapsed = started.elapsed();
+    for (d, r) in sim.devices().iter().zip(results) {
+        assert_matches_sim(&r.unwrap(), d, &standard_objects());
+    }
+    // Sequentially this is 32 x 100 ms; concurrently about one delay.
+    assert!(elapsed < Duration::from_millis(1000), "{elapsed:?}");
+}
+
+#[tokio::test]
+async fn concurrent_reads_of_one_device_do_not_steal_replies() {
+    let sim = Simulator::start_loopback(1, 9001).await.unwrap();
+    let d = &sim.devices()[0];
+    d.freeze(true);
+    let client = client(TIMEOUT, 2).await;
+    let points = sim::standard_points();
+    let reads = (0..20).map(|_| read_meter(&client, device(d), &points));
+    for r in futures::future::join_all(reads).await {
+        assert_matches_sim(&r.unwrap(), d, &standard_objects());
+    }
+    assert_eq!(d.requests(), 20);
+}
