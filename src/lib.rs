@@ -13,6 +13,8 @@
 //! - [`db`]: the connection manager, one pool per database, status report.
 //! - [`tls`]: rustls connectors for `POSTGRES_CLIENT_SSLMODE`.
 //! - [`migrate`]: embedded migrations for both databases.
+//! - [`download`]: the remote `tenants` and `meters` mirrored locally, with
+//!   change tracking (`download_tenants`, `download_meters`).
 //! - [`runs`]: the `sync_runs` journal every operation writes.
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
 //! - [`progress`]: how engines report progress without knowing to whom.
@@ -23,6 +25,7 @@
 pub mod app;
 pub mod config;
 pub mod db;
+pub mod download;
 pub mod logging;
 pub mod mcp;
 pub mod migrate;
