@@ -127,7 +127,7 @@ mod tests {
             tenant(2, "renamed", true),
             tenant(3, "new", true),
             tenant(4, "turned off", false),
-            tenant(9, "bad data", true),
+            // 9 had bad data: validation took it out and listed it as skipped
         ];
         let local = vec![
             tenant(1, "same", true),
