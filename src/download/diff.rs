@@ -29,15 +29,19 @@ impl Plan {
     }
 }
 
+/// The local rows by id.
+pub(crate) fn by_id(local: Vec<Record>) -> HashMap<i64, Record> {
+    local.into_iter().map(|r| (r.id, r)).collect()
+}
+
 /// Compares the usable remote rows with the local rows. Rows whose id is in
 /// `skipped` (bad remote data) are left as they are locally.
 pub(crate) fn plan(
     table: Table,
     remote: Vec<Record>,
-    local: Vec<Record>,
+    mut local: HashMap<i64, Record>,
     skipped: &HashSet<i64>,
 ) -> Plan {
-    let mut local: HashMap<i64, Record> = local.into_iter().map(|r| (r.id, r)).collect();
     let mut p = Plan::default();
     let columns = table.columns();
     for r in remote {
@@ -138,7 +142,7 @@ mod tests {
             tenant(9, "kept as it was", true),
         ];
         let skipped: HashSet<i64> = [9].into();
-        let p = plan(Table::Tenants, remote, local, &skipped);
+        let p = plan(Table::Tenants, remote, by_id(local), &skipped);
         assert_eq!(
             (p.inserted, p.updated, p.unchanged, p.deactivated),
             (1, 1, 2, 2)
@@ -165,7 +169,7 @@ mod tests {
     #[test]
     fn nothing_changed_plans_nothing() {
         let rows = vec![tenant(1, "a", true), tenant(2, "b", false)];
-        let p = plan(Table::Tenants, rows.clone(), rows, &HashSet::new());
+        let p = plan(Table::Tenants, rows.clone(), by_id(rows), &HashSet::new());
         assert!(p.is_empty());
         assert_eq!(p.unchanged, 2);
     }

@@ -305,7 +305,8 @@ async fn run_download(
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
-    let (usable, bad) = validate::validate(table, remote_rows);
+    let local_rows = diff::by_id(local_rows);
+    let (usable, bad) = validate::validate(table, remote_rows, &local_rows);
     let skipped: HashSet<i64> = bad.iter().map(|(id, _)| *id).collect();
     let plan = diff::plan(table, usable, local_rows, &skipped);
     progress.update(2, Some(3), &format!("compared with the local {name}"));

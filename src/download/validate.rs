@@ -26,9 +26,18 @@ pub const DEFAULT_PORT: u16 = 47808;
 /// wildcard and names no device.
 const MAX_INSTANCE: u32 = 4_194_302;
 
-/// Splits the active rows of `records` (sorted by id) into the usable ones
-/// and `(id, reason)` for the others. Inactive rows are always usable.
-pub(crate) fn validate(table: Table, records: Vec<Record>) -> (Vec<Record>, Vec<(i64, String)>) {
+/// Splits `records` (sorted by id) into the usable ones and `(id, reason)`
+/// for the others.
+///
+/// Inactive rows are always usable. An active row equal to its copy in
+/// `local` is not checked again (it passed when it was written), so a run
+/// with nothing changed parses no `points`; the device-instance check covers
+/// every active row, since a new row can clash with an unchanged one.
+pub(crate) fn validate(
+    table: Table,
+    records: Vec<Record>,
+    local: &HashMap<i64, Record>,
+) -> (Vec<Record>, Vec<(i64, String)>) {
     if table != Table::Meters {
         return (records, Vec::new());
     }
@@ -40,7 +49,11 @@ pub(crate) fn validate(table: Table, records: Vec<Record>) -> (Vec<Record>, Vec<
             ok.push(r);
             continue;
         }
-        match check_meter(table, &r) {
+        let checked = match r.get(table, "device_instance") {
+            Cell::Int4(i) if local.get(&r.id) == Some(&r) => Ok(*i),
+            _ => check_meter(table, &r),
+        };
+        match checked {
             Err(e) => bad.push((r.id, e)),
             Ok(instance) => {
                 let site = r.get(table, "site_id").as_text().map(str::to_string);
@@ -219,6 +232,46 @@ mod tests {
         ] {
             assert!(check_address(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn meter(id: i64, instance: i32, address: &str, active: bool) -> Record {
+        Record {
+            id,
+            cells: vec![
+                Cell::Int8(id),
+                Cell::Text("s1".into()),
+                Cell::Null,
+                Cell::Text(format!("meter {id}")),
+                Cell::Int4(instance),
+                Cell::Text(address.into()),
+                Cell::Jsonb(r#"[{"name": "e", "object": "analog-input:1"}]"#.into()),
+                Cell::Bool(active),
+                Cell::Null,
+            ],
+        }
+    }
+
+    #[test]
+    fn bad_and_duplicate_meters_are_skipped_later_ids_first() {
+        let rows = vec![
+            meter(1, 7, "10.0.0.1", true),
+            meter(2, 8, "bad address", true),
+            meter(3, 7, "10.0.0.3", true),
+            meter(4, 7, "bad address", false),
+        ];
+        let (ok, bad) = validate(Table::Meters, rows, &HashMap::new());
+        let ok: Vec<i64> = ok.iter().map(|r| r.id).collect();
+        assert_eq!(ok, vec![1, 4], "inactive rows are mirrored as they are");
+        let bad: Vec<i64> = bad.iter().map(|(id, _)| *id).collect();
+        assert_eq!(bad, vec![2, 3]);
+    }
+
+    #[test]
+    fn a_row_equal_to_its_local_copy_is_not_checked_again() {
+        let odd = meter(1, 7, "legacy address", true);
+        let local: HashMap<i64, Record> = [(1, odd.clone())].into();
+        let (ok, bad) = validate(Table::Meters, vec![odd], &local);
+        assert_eq!((ok.len(), bad.len()), (1, 0));
     }
 
     #[test]
