@@ -34,7 +34,7 @@ pub mod validate;
 use std::collections::HashSet;
 use std::time::Instant;
 
-use futures::pin_mut;
+use futures::{pin_mut, TryStreamExt};
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
@@ -284,21 +284,24 @@ async fn run_download(
         None => Vec::new(),
     };
     let local_sql = table.local_select();
+    // Rows are decoded as they arrive, overlapping the servers' work.
     let (remote_rows, local_rows) = tokio::try_join!(
         async {
             let rows = remote
-                .query_typed(&remote_sql, &remote_params)
+                .query_typed_raw(&remote_sql, remote_params)
                 .await
                 .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
-            decode_all(table, &rows)
+            read_all(table, rows)
+                .await
                 .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))
         },
         async {
+            let no_params: [(&(dyn ToSql + Sync), Type); 0] = [];
             let rows = tx
-                .query_typed(&local_sql, &[])
+                .query_typed_raw(&local_sql, no_params)
                 .await
                 .map_err(|e| local_err(&e))?;
-            decode_all(table, &rows).map_err(|e| local_err(&e))
+            read_all(table, rows).await.map_err(|e| local_err(&e))
         },
     )?;
     drop(remote);
@@ -348,13 +351,15 @@ async fn run_download(
     })
 }
 
-fn decode_all(
+/// Decodes a result stream into records, skipping rows without an id.
+async fn read_all(
     table: Table,
-    rows: &[tokio_postgres::Row],
+    rows: tokio_postgres::RowStream,
 ) -> Result<Vec<Record>, tokio_postgres::Error> {
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        if let Some(r) = Record::decode(table, row)? {
+    pin_mut!(rows);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        if let Some(r) = Record::decode(table, &row)? {
             out.push(r);
         }
     }
