@@ -196,6 +196,9 @@ fn ms(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    if std::env::var_os("RUST_LOG").is_some() {
+        metersync::logging::init();
+    }
     let meters = env_num("METERS", 100_000);
     let tenants = env_num("TENANTS", 20_000);
     let repeat = env_num("REPEAT", 5).max(1) as usize;

@@ -305,6 +305,7 @@ async fn run_download(
         },
     )?;
     drop(remote);
+    let read_ms = started.elapsed().as_millis() as u64;
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
@@ -313,6 +314,12 @@ async fn run_download(
     let skipped: HashSet<i64> = bad.iter().map(|(id, _)| *id).collect();
     let plan = diff::plan(table, usable, local_rows, &skipped);
     progress.update(2, Some(3), &format!("compared with the local {name}"));
+    tracing::debug!(
+        table = name,
+        read_ms,
+        compared_ms = started.elapsed().as_millis() as u64,
+        "download planned"
+    );
 
     if !dry_run && !plan.is_empty() {
         apply(&tx, table, &plan).await?;
