@@ -31,7 +31,6 @@ mod diff;
 mod table;
 pub mod validate;
 
-use std::collections::HashSet;
 use std::time::Instant;
 
 use futures::{pin_mut, TryStreamExt};
@@ -45,7 +44,7 @@ use crate::db::DbError;
 use crate::progress::Progress;
 use crate::runs::{self, RunStatus};
 
-use table::Record;
+use table::Fetched;
 pub use table::Table;
 
 /// At most this many changes and this many skipped rows are listed in a
@@ -291,7 +290,7 @@ async fn run_download(
                 .query_typed_raw(&remote_sql, remote_params)
                 .await
                 .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
-            read_all(table, rows)
+            read_all(rows)
                 .await
                 .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))
         },
@@ -301,7 +300,7 @@ async fn run_download(
                 .query_typed_raw(&local_sql, no_params)
                 .await
                 .map_err(|e| local_err(&e))?;
-            read_all(table, rows).await.map_err(|e| local_err(&e))
+            read_all(rows).await.map_err(|e| local_err(&e))
         },
     )?;
     drop(remote);
@@ -309,10 +308,9 @@ async fn run_download(
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
-    let local_rows = diff::by_id(local_rows);
-    let (usable, bad) = validate::validate(table, remote_rows, &local_rows);
-    let skipped: HashSet<i64> = bad.iter().map(|(id, _)| *id).collect();
-    let plan = diff::plan(table, usable, local_rows, &skipped);
+    let mut plan = diff::plan(table, remote_rows, local_rows)
+        .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
+    let bad = std::mem::take(&mut plan.skipped);
     progress.update(2, Some(3), &format!("compared with the local {name}"));
     tracing::debug!(
         table = name,
@@ -358,15 +356,12 @@ async fn run_download(
     })
 }
 
-/// Decodes a result stream into records, skipping rows without an id.
-async fn read_all(
-    table: Table,
-    rows: tokio_postgres::RowStream,
-) -> Result<Vec<Record>, tokio_postgres::Error> {
+/// Collects a result stream, undecoded, skipping rows without an id.
+async fn read_all(rows: tokio_postgres::RowStream) -> Result<Vec<Fetched>, tokio_postgres::Error> {
     pin_mut!(rows);
     let mut out = Vec::new();
     while let Some(row) = rows.try_next().await? {
-        if let Some(r) = Record::decode(table, &row)? {
+        if let Some(r) = Fetched::new(row)? {
             out.push(r);
         }
     }

@@ -9,7 +9,7 @@ use std::error::Error;
 
 use bytes::{BufMut, BytesMut};
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 
 /// A configuration table downloaded from the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,9 +159,13 @@ impl Table {
         )
     }
 
-    /// Every local row, in the same shape as [`Table::remote_select`].
+    /// Every local row, in the same shape and order as [`Table::remote_select`].
     pub(crate) fn local_select(self) -> String {
-        format!("SELECT {} FROM {}", self.select_list(), self.name())
+        format!(
+            "SELECT {} FROM {} ORDER BY id",
+            self.select_list(),
+            self.name()
+        )
     }
 
     /// Blocks other writers of the local table (not its readers) until the
@@ -193,21 +197,24 @@ impl Table {
     pub(crate) fn upsert_from_stage(self) -> String {
         let cols = self.column_list();
         let rest: Vec<&str> = self.columns()[1..].iter().map(|c| c.name).collect();
+        // Compare as the plan does: jsonb by its canonical text, so `1.0`
+        // replacing `1` is a change here too.
+        let cmp = |prefix: &str| {
+            self.columns()[1..]
+                .iter()
+                .map(|c| match c.kind {
+                    Kind::Jsonb => format!("{prefix}.{}::text", c.name),
+                    _ => format!("{prefix}.{}", c.name),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         let set = rest
             .iter()
             .map(|c| format!("{c} = EXCLUDED.{c}"))
             .collect::<Vec<_>>()
             .join(", ");
-        let old = rest
-            .iter()
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let new = rest
-            .iter()
-            .map(|c| format!("EXCLUDED.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let (old, new) = (cmp("t"), cmp("EXCLUDED"));
         format!(
             "INSERT INTO {table} AS t ({cols}, synced_at) SELECT {cols}, now() FROM {STAGE} \
              ON CONFLICT (id) DO UPDATE SET {set}, synced_at = EXCLUDED.synced_at \
@@ -308,6 +315,48 @@ impl ToSql for Cell {
     to_sql_checked!();
 }
 
+/// A column's value exactly as the server sent it (binary format).
+struct RawValue<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for RawValue<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Self, Box<dyn Error + Sync + Send>> {
+        Ok(RawValue(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// A row as read, kept undecoded: comparing two rows compares the bytes
+/// each server sent, column by column, which for these types (integers,
+/// booleans, text, timestamps as microseconds, jsonb as its canonical text)
+/// is exactly value equality, with no allocation. Only rows that are
+/// written or checked are decoded into a [`Record`].
+pub(crate) struct Fetched {
+    pub id: i64,
+    pub row: tokio_postgres::Row,
+}
+
+impl Fetched {
+    /// Wraps a row read by [`Table::remote_select`] or
+    /// [`Table::local_select`]; `Ok(None)` for a row without an id.
+    pub(crate) fn new(row: tokio_postgres::Row) -> Result<Option<Self>, tokio_postgres::Error> {
+        Ok(row
+            .try_get::<_, Option<i64>>(0)?
+            .map(|id| Fetched { id, row }))
+    }
+
+    /// Column `i`'s bytes; `None` for NULL (or a column that is not there).
+    pub(crate) fn raw(&self, i: usize) -> Option<&[u8]> {
+        self.row
+            .try_get::<_, Option<RawValue>>(i)
+            .ok()
+            .flatten()
+            .map(|r| r.0)
+    }
+}
+
 /// One row: the cells in [`Table::columns`] order.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Record {
@@ -316,25 +365,6 @@ pub(crate) struct Record {
 }
 
 impl Record {
-    /// Decodes a row read by [`Table::remote_select`] or
-    /// [`Table::local_select`]. `Ok(None)` for a row without an id (which a
-    /// primary key makes impossible, but the remote is not ours).
-    pub(crate) fn decode(
-        table: Table,
-        row: &tokio_postgres::Row,
-    ) -> Result<Option<Record>, tokio_postgres::Error> {
-        let cells = table
-            .columns()
-            .iter()
-            .enumerate()
-            .map(|(i, c)| Cell::decode(row, i, c.kind))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(match cells.first() {
-            Some(Cell::Int8(id)) => Some(Record { id: *id, cells }),
-            _ => None,
-        })
-    }
-
     /// Whether the row is active (a NULL `active` counts as inactive).
     pub(crate) fn active(&self, table: Table) -> bool {
         matches!(
@@ -358,6 +388,8 @@ mod tests {
         let sql = Table::Tenants.upsert_from_stage();
         assert!(sql.contains("ON CONFLICT (id) DO UPDATE SET site_id = EXCLUDED.site_id"));
         assert!(sql.contains("WHERE (t.site_id, t.name, t.unit, t.email, t.active, t.updated_at) IS DISTINCT FROM (EXCLUDED.site_id"));
+        let sql = Table::Meters.upsert_from_stage();
+        assert!(sql.contains("t.points::text, t.active"), "{sql}");
     }
 
     #[test]

@@ -26,56 +26,46 @@ pub const DEFAULT_PORT: u16 = 47808;
 /// wildcard and names no device.
 const MAX_INSTANCE: u32 = 4_194_302;
 
-/// Splits `records` (sorted by id) into the usable ones and `(id, reason)`
-/// for the others.
-///
-/// Inactive rows are always usable. An active row equal to its copy in
-/// `local` is not checked again (it passed when it was written), so a run
-/// with nothing changed parses no `points`; the device-instance check covers
-/// every active row, since a new row can clash with an unchanged one.
-pub(crate) fn validate(
-    table: Table,
-    records: Vec<Record>,
-    local: &HashMap<i64, Record>,
-) -> (Vec<Record>, Vec<(i64, String)>) {
-    if table != Table::Meters {
-        return (records, Vec::new());
-    }
-    let mut ok = Vec::with_capacity(records.len());
-    let mut bad = Vec::new();
-    let mut instances: HashMap<(Option<String>, i32), i64> = HashMap::new();
-    for r in records {
-        if !r.active(table) {
-            ok.push(r);
-            continue;
-        }
-        let checked = match r.get(table, "device_instance") {
-            Cell::Int4(i) if local.get(&r.id) == Some(&r) => Ok(*i),
-            _ => check_meter(table, &r),
-        };
-        match checked {
-            Err(e) => bad.push((r.id, e)),
-            Ok(instance) => {
-                let site = r.get(table, "site_id").as_text().map(str::to_string);
-                if let Some(first) = instances.get(&(site.clone(), instance)) {
-                    bad.push((
-                        r.id,
-                        format!(
-                            "device_instance {instance} is already used by meter {first} on the same site; give one of them another instance or deactivate it"
-                        ),
-                    ));
-                } else {
-                    instances.insert((site, instance), r.id);
-                    ok.push(r);
-                }
+/// The device instances claimed so far in a run, per site.
+#[derive(Default)]
+pub(crate) struct Instances {
+    /// Each distinct `site_id` seen, numbered (a site has many meters).
+    sites: HashMap<Vec<u8>, u32>,
+    /// `(site number, instance)` to the first meter (by id) that uses it.
+    seen: HashMap<(Option<u32>, i32), i64>,
+}
+
+impl Instances {
+    /// Claims `instance` on `site` for meter `id`; fails when an earlier
+    /// meter holds it.
+    pub(crate) fn claim(
+        &mut self,
+        site: Option<&[u8]>,
+        instance: i32,
+        id: i64,
+    ) -> Result<(), String> {
+        let site = site.map(|s| match self.sites.get(s) {
+            Some(n) => *n,
+            None => {
+                let n = self.sites.len() as u32;
+                self.sites.insert(s.to_vec(), n);
+                n
+            }
+        });
+        match self.seen.get(&(site, instance)) {
+            Some(first) => Err(format!(
+                "device_instance {instance} is already used by meter {first} on the same site; give one of them another instance or deactivate it"
+            )),
+            None => {
+                self.seen.insert((site, instance), id);
+                Ok(())
             }
         }
     }
-    (ok, bad)
 }
 
-/// Checks one active meter; returns its device instance.
-fn check_meter(table: Table, r: &Record) -> Result<i32, String> {
+/// Checks one active meter's own values; returns its device instance.
+pub(crate) fn check_meter(table: Table, r: &Record) -> Result<i32, String> {
     let instance = match r.get(table, "device_instance") {
         Cell::Int4(i) if (0..=MAX_INSTANCE as i64).contains(&(*i as i64)) => *i,
         Cell::Int4(i) => {
@@ -234,44 +224,14 @@ mod tests {
         }
     }
 
-    fn meter(id: i64, instance: i32, address: &str, active: bool) -> Record {
-        Record {
-            id,
-            cells: vec![
-                Cell::Int8(id),
-                Cell::Text("s1".into()),
-                Cell::Null,
-                Cell::Text(format!("meter {id}")),
-                Cell::Int4(instance),
-                Cell::Text(address.into()),
-                Cell::Jsonb(r#"[{"name": "e", "object": "analog-input:1"}]"#.into()),
-                Cell::Bool(active),
-                Cell::Null,
-            ],
-        }
-    }
-
     #[test]
-    fn bad_and_duplicate_meters_are_skipped_later_ids_first() {
-        let rows = vec![
-            meter(1, 7, "10.0.0.1", true),
-            meter(2, 8, "bad address", true),
-            meter(3, 7, "10.0.0.3", true),
-            meter(4, 7, "bad address", false),
-        ];
-        let (ok, bad) = validate(Table::Meters, rows, &HashMap::new());
-        let ok: Vec<i64> = ok.iter().map(|r| r.id).collect();
-        assert_eq!(ok, vec![1, 4], "inactive rows are mirrored as they are");
-        let bad: Vec<i64> = bad.iter().map(|(id, _)| *id).collect();
-        assert_eq!(bad, vec![2, 3]);
-    }
-
-    #[test]
-    fn a_row_equal_to_its_local_copy_is_not_checked_again() {
-        let odd = meter(1, 7, "legacy address", true);
-        let local: HashMap<i64, Record> = [(1, odd.clone())].into();
-        let (ok, bad) = validate(Table::Meters, vec![odd], &local);
-        assert_eq!((ok.len(), bad.len()), (1, 0));
+    fn instances_are_per_site_and_first_come() {
+        let mut i = Instances::default();
+        assert!(i.claim(Some(b"s1"), 7, 1).is_ok());
+        assert!(i.claim(Some(b"s2"), 7, 2).is_ok());
+        assert!(i.claim(None, 7, 3).is_ok());
+        let e = i.claim(Some(b"s1"), 7, 4);
+        assert!(e.is_err_and(|e| e.contains("meter 1")));
     }
 
     #[test]
