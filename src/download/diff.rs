@@ -1,8 +1,7 @@
-//! The pure part of a download: remote rows and local rows in (both sorted
-//! by id), the plan of what to write, the skipped rows and the report of
+//! The pure part of a download: remote rows and local rows in, the plan of what to write, the skipped rows and the report of
 //! what changed out. No I/O.
 //!
-//! One merge pass over the two sorted lists: no map of either side, and
+//! Both lists are sorted by id, then one merge pass: no map of either side, and
 //! rows that are equal on both sides are compared in place, never decoded.
 
 use super::table::{Cell, Fetched, Record, Table};
@@ -187,8 +186,7 @@ impl Plan {
     }
 }
 
-/// Compares the remote rows with the local rows (both sorted by id here if
-/// they were not already). A remote row that is skipped (bad data) leaves
+/// Compares the remote rows with the local rows (sorted by id here). A remote row that is skipped (bad data) leaves
 /// its local copy as it is.
 ///
 /// Fails only when a row that must be written cannot be decoded.
@@ -197,12 +195,8 @@ pub(crate) fn plan<R: Source>(
     mut remote: Vec<R>,
     mut local: Vec<R>,
 ) -> Result<Plan, tokio_postgres::Error> {
-    if !remote.is_sorted_by_key(|r| r.id()) {
-        remote.sort_by_key(|r| r.id());
-    }
-    if !local.is_sorted_by_key(|r| r.id()) {
-        local.sort_by_key(|r| r.id());
-    }
+    remote.sort_unstable_by_key(|r| r.id());
+    local.sort_unstable_by_key(|r| r.id());
     let mut p = Plan::default();
     let mut instances = Instances::default();
     let (mut i, mut j) = (0, 0);
