@@ -284,23 +284,19 @@ async fn main() -> Result<()> {
             copies.push(plain_copy(&rc, table).await?);
         }
         let copy = median(copies);
-        if std::env::var_os("SELECT_TOO").is_some() {
-            for order in [true, false] {
-                let mut v = Vec::new();
-                for _ in 0..repeat {
-                    v.push(plain_select(&rc, table, order).await?);
-                }
-                println!(
-                    "{}: SELECT (order by id: {order}) {:.1} ms",
-                    table.name(),
-                    ms(median(v))
-                );
-            }
-        }
-
         let (first, r) = timed(&app, table).await?;
         assert_eq!(r.inserted as i64, rows, "first download inserts everything");
         let mut trips = vec![r.remote_round_trips];
+        if std::env::var_os("SELECT_TOO").is_some() {
+            let lc = local.client().await?;
+            for _ in 0..3 {
+                let c = plain_copy(&rc, table).await?;
+                let r = plain_select(&rc, table, false).await?;
+                let l = plain_select(&lc, table, false).await?;
+                let (a, b) = tokio::join!(plain_select(&rc, table, false), plain_select(&lc, table, false));
+                println!("{}: COPY {:.0} remote SELECT {:.0} local SELECT {:.0} both at once {:.0}/{:.0} ms", table.name(), ms(c), ms(r), ms(l), ms(a?), ms(b?));
+            }
+        }
 
         // Each download is timed right after a COPY and compared with it,
         // so load from elsewhere on the machine skews both alike.
