@@ -293,7 +293,10 @@ async fn main() -> Result<()> {
                 let c = plain_copy(&rc, table).await?;
                 let r = plain_select(&rc, table, false).await?;
                 let l = plain_select(&lc, table, false).await?;
-                let (a, b) = tokio::join!(plain_select(&rc, table, false), plain_select(&lc, table, false));
+                let (a, b) = tokio::join!(
+                    plain_select(&rc, table, false),
+                    plain_select(&lc, table, false)
+                );
                 println!("{}: COPY {:.0} remote SELECT {:.0} local SELECT {:.0} both at once {:.0}/{:.0} ms", table.name(), ms(c), ms(r), ms(l), ms(a?), ms(b?));
             }
         }

@@ -1,12 +1,22 @@
-//! The pure part of a download: remote rows and local rows in, the plan of what to write, the skipped rows and the report of
-//! what changed out. No I/O.
+//! The pure part of a download: remote rows and local rows in, the plan of
+//! what to write, the skipped rows and the report of what changed out. No
+//! I/O.
 //!
-//! Both lists are sorted by id, then one merge pass: no map of either side, and
-//! rows that are equal on both sides are compared in place, never decoded.
+//! Two steps. [`triage`] merges the remote rows with every local row's id,
+//! `active` and digest (both sorted by id): a row whose digest matches is
+//! unchanged and is never decoded; new rows are checked and planned as
+//! inserts; rows gone remotely are planned as deactivations; the rest are
+//! pending. [`settle`] compares the pending rows with their full local
+//! copies, column by column, to name the fields that changed.
+
+use std::collections::HashMap;
 
 use super::table::{Cell, Fetched, Record, Table};
 use super::validate::{self, Instances};
 use super::{Change, ChangeAction};
+
+/// A fingerprint of a remote row's values (see [`Fetched::digest`]).
+pub(crate) type Digest = [u8; 16];
 
 /// A row as the plan sees it: comparable column by column, decodable when
 /// it has to be written or checked.
@@ -21,6 +31,8 @@ pub(crate) trait Source {
     fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>);
     /// The decoded row.
     fn record(&self, table: Table) -> Result<Record, tokio_postgres::Error>;
+    /// The fingerprint of the row's values.
+    fn digest(&self, table: Table) -> Digest;
 }
 
 impl Source for Fetched {
@@ -53,43 +65,52 @@ impl Source for Fetched {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Record { id: self.id, cells })
     }
+
+    fn digest(&self, table: Table) -> Digest {
+        Fetched::digest(self, table.columns().len())
+    }
 }
 
-impl Source for Record {
-    fn id(&self) -> i64 {
-        self.id
-    }
+/// A local row as the first local read sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Known {
+    pub id: i64,
+    pub active: bool,
+    /// The digest of the remote row it was last written from, if any.
+    pub digest: Option<Digest>,
+}
 
-    fn same(&self, other: &Self, i: usize) -> bool {
-        self.cells.get(i) == other.cells.get(i)
+impl Known {
+    /// From a row of [`Table::local_digests`].
+    pub(crate) fn from_row(f: &Fetched) -> Known {
+        Known {
+            id: f.id,
+            active: f.raw(1) == Some(&[1u8][..]),
+            digest: f.raw(2).and_then(|b| Digest::try_from(b).ok()),
+        }
     }
+}
 
-    fn active(&self, table: Table) -> bool {
-        Record::active(self, table)
-    }
+/// A remote row whose local copy must be compared in full.
+pub(crate) struct Pending<R> {
+    remote: R,
+    /// Already decoded (when it was checked).
+    record: Option<Record>,
+}
 
-    fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>) {
-        let instance = match self.get(table, "device_instance") {
-            Cell::Int4(i) => Some(*i),
-            _ => None,
-        };
-        (
-            self.get(table, "site_id").as_text().map(str::as_bytes),
-            instance,
-        )
-    }
-
-    fn record(&self, _: Table) -> Result<Record, tokio_postgres::Error> {
-        Ok(self.clone())
+impl<R: Source> Pending<R> {
+    /// The id whose full local row is needed.
+    pub(crate) fn id(&self) -> i64 {
+        self.remote.id()
     }
 }
 
 /// What a run will write, and the counts it reports.
 #[derive(Debug, Default)]
 pub(crate) struct Plan {
-    /// Rows to insert, or to update because a value differs (including the
-    /// ones that turned inactive remotely).
-    pub upserts: Vec<Record>,
+    /// Rows to insert, or to update because a value (or only the stored
+    /// digest) differs, with the digest to store.
+    pub upserts: Vec<(Record, Digest)>,
     /// Local rows that are active and gone from the remote scope.
     pub deactivate: Vec<i64>,
     /// Every change, in id order.
@@ -108,126 +129,235 @@ impl Plan {
         self.upserts.is_empty() && self.deactivate.is_empty()
     }
 
-    /// A remote row `r`, with its local copy `l` if there is one.
-    fn pair<R: Source>(
+    /// Checks an active meter that is new or may have changed, and claims
+    /// its device instance; `Ok(None)` when it was skipped.
+    fn check<R: Source>(
         &mut self,
         table: Table,
         instances: &mut Instances,
         r: &R,
-        l: Option<&R>,
-    ) -> Result<(), tokio_postgres::Error> {
-        let fields: Vec<&'static str> = match l {
-            None => Vec::new(),
-            Some(l) => table
-                .columns()
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| !r.same(l, *i))
-                .map(|(_, c)| c.name)
-                .collect(),
-        };
-        let unchanged = l.is_some() && fields.is_empty();
+        changed: bool,
+    ) -> Result<Option<Option<Record>>, tokio_postgres::Error> {
+        if table != Table::Meters || !r.active(table) {
+            return Ok(Some(None));
+        }
         let mut record = None;
-        if table == Table::Meters && r.active(table) {
-            // An unchanged row passed these checks when it was written.
-            if !unchanged {
-                let rec = r.record(table)?;
-                if let Err(e) = validate::check_meter(table, &rec) {
-                    self.skipped.push((r.id(), e));
-                    return Ok(());
-                }
-                record = Some(rec);
-            }
-            let (site, instance) = r.site_and_instance(table);
-            if let Err(e) = instances.claim(site, instance.unwrap_or(-1), r.id()) {
+        // An unchanged row passed the checks when it was written.
+        if changed {
+            let rec = r.record(table)?;
+            if let Err(e) = validate::check_meter(table, &rec) {
                 self.skipped.push((r.id(), e));
-                return Ok(());
+                return Ok(None);
             }
+            record = Some(rec);
         }
-        if unchanged {
-            self.unchanged += 1;
-            return Ok(());
+        let (site, instance) = r.site_and_instance(table);
+        if let Err(e) = instances.claim(site, instance.unwrap_or(-1), r.id()) {
+            self.skipped.push((r.id(), e));
+            return Ok(None);
         }
-        let action = match l {
-            None => ChangeAction::Insert,
-            Some(l) if l.active(table) && !r.active(table) => ChangeAction::Deactivate,
-            Some(_) => ChangeAction::Update,
-        };
+        Ok(Some(record))
+    }
+
+    fn change(&mut self, id: i64, action: ChangeAction, fields: Vec<String>) {
         match action {
             ChangeAction::Insert => self.inserted += 1,
             ChangeAction::Update => self.updated += 1,
             ChangeAction::Deactivate => self.deactivated += 1,
         }
-        self.changes.push(Change {
-            id: r.id(),
-            action,
-            fields: fields.into_iter().map(str::to_string).collect(),
-        });
-        self.upserts.push(match record {
-            Some(rec) => rec,
-            None => r.record(table)?,
-        });
-        Ok(())
+        self.changes.push(Change { id, action, fields });
     }
 
     /// A local row with no usable remote row of its id.
-    fn local_only<R: Source>(&mut self, table: Table, l: &R) {
-        if l.active(table) {
-            self.deactivated += 1;
-            self.deactivate.push(l.id());
-            self.changes.push(Change {
-                id: l.id(),
-                action: ChangeAction::Deactivate,
-                fields: vec!["active".into()],
-            });
+    fn local_only(&mut self, l: &Known) {
+        if l.active {
+            self.deactivate.push(l.id);
+            self.change(l.id, ChangeAction::Deactivate, vec!["active".into()]);
         } else {
             self.unchanged += 1;
         }
     }
 }
 
-/// Compares the remote rows with the local rows (sorted by id here). A remote row that is skipped (bad data) leaves
-/// its local copy as it is.
+/// Step one: merges the remote rows with what the local table knows of
+/// each row (both sorted by id here). Returns the plan so far and the rows
+/// to compare in full with [`settle`]. A remote row that is skipped (bad
+/// data) leaves its local copy as it is.
 ///
-/// Fails only when a row that must be written cannot be decoded.
-pub(crate) fn plan<R: Source>(
+/// Fails only when a row that must be checked cannot be decoded.
+pub(crate) fn triage<R: Source>(
     table: Table,
     mut remote: Vec<R>,
-    mut local: Vec<R>,
-) -> Result<Plan, tokio_postgres::Error> {
+    mut local: Vec<Known>,
+) -> Result<(Plan, Vec<Pending<R>>), tokio_postgres::Error> {
     remote.sort_unstable_by_key(|r| r.id());
-    local.sort_unstable_by_key(|r| r.id());
+    local.sort_unstable_by_key(|l| l.id);
     let mut p = Plan::default();
+    let mut pending = Vec::new();
     let mut instances = Instances::default();
-    let (mut i, mut j) = (0, 0);
-    loop {
-        match (remote.get(i), local.get(j)) {
-            (None, None) => break,
-            (Some(r), Some(l)) if r.id() == l.id() => {
-                p.pair(table, &mut instances, r, Some(l))?;
-                i += 1;
-                j += 1;
+    let mut local = local.into_iter().peekable();
+    for r in remote {
+        while let Some(l) = local.next_if(|l| l.id < r.id()) {
+            p.local_only(&l);
+        }
+        let known = local.next_if(|l| l.id == r.id());
+        let digest = r.digest(table);
+        let unchanged = known.as_ref().is_some_and(|l| l.digest == Some(digest));
+        let Some(record) = p.check(table, &mut instances, &r, !unchanged)? else {
+            continue;
+        };
+        match known {
+            _ if unchanged => p.unchanged += 1,
+            None => {
+                let rec = match record {
+                    Some(rec) => rec,
+                    None => r.record(table)?,
+                };
+                p.change(r.id(), ChangeAction::Insert, Vec::new());
+                p.upserts.push((rec, digest));
             }
-            (Some(r), Some(l)) if r.id() > l.id() => {
-                p.local_only(table, l);
-                j += 1;
-            }
-            (None, Some(l)) => {
-                p.local_only(table, l);
-                j += 1;
-            }
-            (Some(r), _) => {
-                p.pair(table, &mut instances, r, None)?;
-                i += 1;
-            }
+            Some(_) => pending.push(Pending { remote: r, record }),
         }
     }
+    for l in local {
+        p.local_only(&l);
+    }
+    Ok((p, pending))
+}
+
+/// Step two: compares each pending remote row with its full local copy
+/// (`full`, read by id) and plans the update, naming the changed fields. A
+/// row equal by value whose stored digest was stale only gets its digest
+/// refreshed and counts as unchanged.
+///
+/// Fails only when a row that must be written cannot be decoded.
+pub(crate) fn settle<R: Source>(
+    table: Table,
+    mut p: Plan,
+    pending: Vec<Pending<R>>,
+    full: Vec<R>,
+) -> Result<Plan, tokio_postgres::Error> {
+    let mut full: HashMap<i64, R> = full.into_iter().map(|l| (l.id(), l)).collect();
+    for Pending { remote: r, record } in pending {
+        let digest = r.digest(table);
+        let rec = match record {
+            Some(rec) => rec,
+            None => r.record(table)?,
+        };
+        let Some(l) = full.remove(&r.id()) else {
+            // Gone since the first read (the table lock makes this
+            // impossible, but the insert is still right).
+            p.change(r.id(), ChangeAction::Insert, Vec::new());
+            p.upserts.push((rec, digest));
+            continue;
+        };
+        let fields: Vec<String> = table
+            .columns()
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !r.same(&l, *i))
+            .map(|(_, c)| c.name.to_string())
+            .collect();
+        if fields.is_empty() {
+            p.unchanged += 1;
+        } else if l.active(table) && !r.active(table) {
+            p.change(r.id(), ChangeAction::Deactivate, fields);
+        } else {
+            p.change(r.id(), ChangeAction::Update, fields);
+        }
+        p.upserts.push((rec, digest));
+    }
+    p.changes.sort_by_key(|c| c.id);
     Ok(p)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Source for Record {
+        fn id(&self) -> i64 {
+            self.id
+        }
+
+        fn same(&self, other: &Self, i: usize) -> bool {
+            self.cells.get(i) == other.cells.get(i)
+        }
+
+        fn active(&self, table: Table) -> bool {
+            Record::active(self, table)
+        }
+
+        fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>) {
+            let instance = match self.get(table, "device_instance") {
+                Cell::Int4(i) => Some(*i),
+                _ => None,
+            };
+            (
+                self.get(table, "site_id").as_text().map(str::as_bytes),
+                instance,
+            )
+        }
+
+        fn record(&self, _: Table) -> Result<Record, tokio_postgres::Error> {
+            Ok(self.clone())
+        }
+
+        fn digest(&self, _: Table) -> Digest {
+            use std::hash::{DefaultHasher, Hash, Hasher};
+            let mut h = DefaultHasher::new();
+            format!("{:?}", self.cells).hash(&mut h);
+            let x = h.finish().to_be_bytes();
+            let mut d = [0u8; 16];
+            d[..8].copy_from_slice(&x);
+            d
+        }
+    }
+
+    /// Both steps, with the local digests current (`fresh`) or unknown.
+    fn plan(
+        table: Table,
+        remote: Vec<Record>,
+        local: Vec<Record>,
+    ) -> Result<Plan, tokio_postgres::Error> {
+        let mut last: Option<Plan> = None;
+        for fresh in [false, true] {
+            let known = local
+                .iter()
+                .map(|l| Known {
+                    id: l.id,
+                    active: l.active(table),
+                    digest: fresh.then(|| l.digest(table)),
+                })
+                .collect();
+            let (p, pending) = triage(table, remote.clone(), known)?;
+            let ids: Vec<i64> = pending.iter().map(|p| p.id()).collect();
+            let full = local
+                .iter()
+                .filter(|l| ids.contains(&l.id))
+                .cloned()
+                .collect();
+            let p = settle(table, p, pending, full)?;
+            if let Some(prev) = &last {
+                let counts = |p: &Plan| {
+                    (
+                        p.inserted,
+                        p.updated,
+                        p.unchanged,
+                        p.deactivated,
+                        p.changes.clone(),
+                    )
+                };
+                assert_eq!(
+                    counts(prev),
+                    counts(&p),
+                    "same result with or without digests"
+                );
+            }
+            last = Some(p);
+        }
+        Ok(last.unwrap_or_default())
+    }
 
     fn tenant(id: i64, name: &str, active: bool) -> Record {
         Record {
@@ -289,7 +419,9 @@ mod tests {
             (1, 1, 2, 2)
         );
         assert_eq!(p.deactivate, vec![5]);
-        let ids: Vec<i64> = p.upserts.iter().map(|r| r.id).collect();
+        // (with current digests: unchanged rows are not rewritten)
+        let mut ids: Vec<i64> = p.upserts.iter().map(|(r, _)| r.id).collect();
+        ids.sort();
         assert_eq!(ids, vec![2, 3, 4]);
         assert_eq!(
             summary(&p),
@@ -306,9 +438,19 @@ mod tests {
     #[test]
     fn nothing_changed_plans_nothing() -> Result<(), tokio_postgres::Error> {
         let rows = vec![tenant(2, "b", false), tenant(1, "a", true)];
-        let p = plan(Table::Tenants, rows.clone(), rows)?;
-        assert!(p.is_empty());
+        let p = plan(Table::Tenants, rows.clone(), rows.clone())?;
         assert_eq!(p.unchanged, 2);
+        let known = rows
+            .iter()
+            .map(|l| Known {
+                id: l.id,
+                active: l.active(Table::Tenants),
+                digest: Some(l.digest(Table::Tenants)),
+            })
+            .collect();
+        let (p, pending) = triage(Table::Tenants, rows.clone(), known)?;
+        assert!(pending.is_empty());
+        assert!(p.is_empty(), "with current digests: nothing at all");
         Ok(())
     }
 
@@ -319,12 +461,12 @@ mod tests {
             meter(2, 8, "bad address", true),
             meter(3, 7, "10.0.0.3", true),
             meter(4, 9, "bad address", false),
-            meter(5, 10, "legacy address", true),
+            meter(5, 10, "10.0.0.5", true),
         ];
         // 2 was good before; 5 is unchanged, so not checked again.
         let local = vec![
             meter(2, 8, "10.0.0.2", true),
-            meter(5, 10, "legacy address", true),
+            meter(5, 10, "10.0.0.5", true),
         ];
         let p = plan(Table::Meters, remote, local)?;
         let skipped: Vec<i64> = p.skipped.iter().map(|(id, _)| *id).collect();
@@ -332,6 +474,20 @@ mod tests {
         assert!(p.skipped[1].1.contains("meter 1"));
         assert_eq!((p.inserted, p.unchanged, p.deactivated), (2, 1, 0));
         assert!(p.deactivate.is_empty(), "a skipped row is not deactivated");
+        Ok(())
+    }
+
+    #[test]
+    fn a_row_equal_to_its_fingerprint_is_not_checked_again() -> Result<(), tokio_postgres::Error> {
+        let odd = meter(1, 7, "legacy address", true);
+        let known = vec![Known {
+            id: 1,
+            active: true,
+            digest: Some(odd.digest(Table::Meters)),
+        }];
+        let (p, pending) = triage(Table::Meters, vec![odd], known)?;
+        assert!(pending.is_empty() && p.skipped.is_empty());
+        assert_eq!(p.unchanged, 1);
         Ok(())
     }
 }

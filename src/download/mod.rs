@@ -282,7 +282,7 @@ async fn run_download(
         Some(s) => vec![(s as &(dyn ToSql + Sync), Type::TEXT)],
         None => Vec::new(),
     };
-    let local_sql = table.local_select();
+    let local_sql = table.local_digests();
     // Rows are decoded as they arrive, overlapping the servers' work.
     let (remote_rows, local_rows) = tokio::try_join!(
         async {
@@ -300,7 +300,8 @@ async fn run_download(
                 .query_typed_raw(&local_sql, no_params)
                 .await
                 .map_err(|e| local_err(&e))?;
-            read_all(rows).await.map_err(|e| local_err(&e))
+            let rows = read_all(rows).await.map_err(|e| local_err(&e))?;
+            Ok(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
         },
     )?;
     drop(remote);
@@ -308,8 +309,23 @@ async fn run_download(
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
-    let mut plan = diff::plan(table, remote_rows, local_rows)
-        .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
+    let decode_err =
+        |e: tokio_postgres::Error| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e));
+    let (plan, pending) = diff::triage(table, remote_rows, local_rows).map_err(decode_err)?;
+    // The rows that may have changed, read in full: one statement.
+    let mut full = Vec::new();
+    if !pending.is_empty() {
+        let ids: Vec<i64> = pending.iter().map(|p| p.id()).collect();
+        let rows = tx
+            .query_typed_raw(
+                &table.local_rows(),
+                [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)],
+            )
+            .await
+            .map_err(|e| local_err(&e))?;
+        full = read_all(rows).await.map_err(|e| local_err(&e))?;
+    }
+    let mut plan = diff::settle(table, plan, pending, full).map_err(decode_err)?;
     let bad = std::mem::take(&mut plan.skipped);
     progress.update(2, Some(3), &format!("compared with the local {name}"));
     tracing::debug!(
@@ -407,12 +423,15 @@ async fn apply(
             .copy_in(&table.copy_stage())
             .await
             .map_err(|e| local_err(&e))?;
-        let types: Vec<Type> = table.columns().iter().map(|c| c.kind.pg_type()).collect();
+        let mut types: Vec<Type> = table.columns().iter().map(|c| c.kind.pg_type()).collect();
+        types.push(Type::BYTEA);
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
-        for r in &plan.upserts {
-            let row: Vec<&(dyn ToSql + Sync)> =
+        for (r, digest) in &plan.upserts {
+            let digest: &[u8] = digest;
+            let mut row: Vec<&(dyn ToSql + Sync)> =
                 r.cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            row.push(&digest);
             writer
                 .as_mut()
                 .write(&row)

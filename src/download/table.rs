@@ -156,9 +156,20 @@ impl Table {
         format!("SELECT {} FROM {}{filter}", self.select_list(), self.name())
     }
 
-    /// Every local row, in the same shape as [`Table::remote_select`].
-    pub(crate) fn local_select(self) -> String {
-        format!("SELECT {} FROM {}", self.select_list(), self.name())
+    /// Every local row's id, `active` and `remote_digest`: what a run
+    /// needs to find the rows that may have changed.
+    pub(crate) fn local_digests(self) -> String {
+        format!("SELECT id, active, remote_digest FROM {}", self.name())
+    }
+
+    /// The local rows `$1` (an `int8[]`), in the same shape as
+    /// [`Table::remote_select`].
+    pub(crate) fn local_rows(self) -> String {
+        format!(
+            "SELECT {} FROM {} WHERE id = ANY($1)",
+            self.select_list(),
+            self.name()
+        )
     }
 
     /// Blocks other writers of the local table (not its readers) until the
@@ -175,12 +186,12 @@ impl Table {
             .map(|c| format!("{} {}", c.name, c.kind.sql_type()))
             .collect::<Vec<_>>()
             .join(", ");
-        format!("CREATE TEMP TABLE {STAGE} ({cols}) ON COMMIT DROP")
+        format!("CREATE TEMP TABLE {STAGE} ({cols}, remote_digest bytea) ON COMMIT DROP")
     }
 
     pub(crate) fn copy_stage(self) -> String {
         format!(
-            "COPY {STAGE} ({}) FROM STDIN (FORMAT binary)",
+            "COPY {STAGE} ({}, remote_digest) FROM STDIN (FORMAT binary)",
             self.column_list()
         )
     }
@@ -188,8 +199,12 @@ impl Table {
     /// Inserts the staged rows and updates the existing ones whose values
     /// differ; a row whose values are equal is not rewritten.
     pub(crate) fn upsert_from_stage(self) -> String {
-        let cols = self.column_list();
-        let rest: Vec<&str> = self.columns()[1..].iter().map(|c| c.name).collect();
+        let cols = format!("{}, remote_digest", self.column_list());
+        let rest: Vec<&str> = self.columns()[1..]
+            .iter()
+            .map(|c| c.name)
+            .chain(["remote_digest"])
+            .collect();
         // Compare as the plan does: jsonb by its canonical text, so `1.0`
         // replacing `1` is a change here too.
         let cmp = |prefix: &str| {
@@ -199,6 +214,7 @@ impl Table {
                     Kind::Jsonb => format!("{prefix}.{}::text", c.name),
                     _ => format!("{prefix}.{}", c.name),
                 })
+                .chain([format!("{prefix}.remote_digest")])
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -219,7 +235,7 @@ impl Table {
     /// Marks the rows `$1` (an `int8[]`) inactive, if they are active.
     pub(crate) fn deactivate(self) -> String {
         format!(
-            "UPDATE {} SET active = false, synced_at = now() WHERE id = ANY($1) AND active",
+            "UPDATE {} SET active = false, remote_digest = NULL, synced_at = now() WHERE id = ANY($1) AND active",
             self.name()
         )
     }
@@ -340,6 +356,27 @@ impl Fetched {
             .map(|id| Fetched { id, row }))
     }
 
+    /// A 128-bit fingerprint of the first `columns` columns' bytes (two
+    /// SipHash-1-3 runs with different prefixes). Should a Rust release
+    /// change the std hasher, stored digests stop matching and rows are
+    /// compared by value once, then re-fingerprinted: slower, never wrong.
+    pub(crate) fn digest(&self, columns: usize) -> [u8; 16] {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut out = [0u8; 16];
+        for (half, seed) in [
+            (0usize, 0x6d65_7465_7273_796eu64),
+            (8, 0x6469_6765_7374_3132),
+        ] {
+            let mut h = DefaultHasher::new();
+            seed.hash(&mut h);
+            for i in 0..columns {
+                self.raw(i).hash(&mut h);
+            }
+            out[half..half + 8].copy_from_slice(&h.finish().to_be_bytes());
+        }
+        out
+    }
+
     /// Column `i`'s bytes; `None` for NULL (or a column that is not there).
     pub(crate) fn raw(&self, i: usize) -> Option<&[u8]> {
         self.row
@@ -380,7 +417,7 @@ mod tests {
     fn upsert_rewrites_only_differing_rows() {
         let sql = Table::Tenants.upsert_from_stage();
         assert!(sql.contains("ON CONFLICT (id) DO UPDATE SET site_id = EXCLUDED.site_id"));
-        assert!(sql.contains("WHERE (t.site_id, t.name, t.unit, t.email, t.active, t.updated_at) IS DISTINCT FROM (EXCLUDED.site_id"));
+        assert!(sql.contains("WHERE (t.site_id, t.name, t.unit, t.email, t.active, t.updated_at, t.remote_digest) IS DISTINCT FROM (EXCLUDED.site_id"), "{sql}");
         let sql = Table::Meters.upsert_from_stage();
         assert!(sql.contains("t.points::text, t.active"), "{sql}");
     }
