@@ -10,15 +10,22 @@
 //! - **change detection by value**: every column is compared (not only
 //!   `updated_at`); a row whose values are equal is not rewritten, and a run
 //!   with nothing changed writes no row of the table at all, only its
-//!   `sync_runs` record;
+//!   `sync_runs` record. To keep that cheap, each local row stores a 128-bit
+//!   digest of the remote row it was written from (`remote_digest`, local
+//!   migration 0002): an unchanged row costs its id, `active` and digest on
+//!   the local side and is never decoded; rows whose digest differs are read
+//!   in full and compared column by column, which names the changed fields.
+//!   The local tables are metersync's copy: a hand edit to a local row is
+//!   only overwritten when the remote row changes;
 //! - **atomic**: the changes to one table commit in one local transaction;
 //!   a failure at any point leaves the local table exactly as it was. The
 //!   table is locked against other writers (not readers) for the run, so two
 //!   downloads cannot interleave;
 //! - **constant round trips**: one remote statement per run (an unnamed
 //!   `SELECT`, safe behind a transaction-mode pooler), and a fixed number of
-//!   local statements whatever the row count (changed rows go through one
-//!   binary `COPY` into a temporary table and one `INSERT ... ON CONFLICT`);
+//!   local statements whatever the row count (two reads; changed rows go
+//!   through one binary `COPY` into a temporary table and one
+//!   `INSERT ... ON CONFLICT`; one `UPDATE` deactivates the gone rows);
 //! - **bad remote data** (a meter whose points, address or device instance
 //!   the collector could not use, see [`validate`]) is reported per row and
 //!   skipped, leaving that row's local copy as it was; the other rows apply;

@@ -396,6 +396,7 @@ pub(crate) struct Record {
 
 impl Record {
     /// Whether the row is active (a NULL `active` counts as inactive).
+    #[cfg(test)]
     pub(crate) fn active(&self, table: Table) -> bool {
         matches!(
             self.cells.get(table.index("active")),
