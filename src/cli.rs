@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use metersync::app::App;
 use metersync::config::Config;
+use metersync::download::Table;
+use metersync::progress::LogProgress;
 
 /// metersync: BACnet/IP meters -> local PostgreSQL -> central PostgreSQL,
 /// driven over MCP.
@@ -30,6 +32,18 @@ enum Command {
     Migrate,
     /// Print both databases' connection status as JSON (one attempt, no retries).
     Status,
+    /// Download the tenants in scope (SITE_ID) into the local copy; print the report as JSON.
+    DownloadTenants {
+        /// Report the changes without writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Download the meters in scope (SITE_ID) into the local copy; print the report as JSON.
+    DownloadMeters {
+        /// Report the changes without writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 fn load() -> anyhow::Result<Arc<App>> {
@@ -40,6 +54,15 @@ fn load() -> anyhow::Result<Arc<App>> {
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
+    let app = load()?;
+    app.db.initialize().await?;
+    let progress = LogProgress(table.run_kind());
+    let report = metersync::download::download(&app, table, dry_run, &progress).await;
+    app.db.close();
+    print_json(&report?)
 }
 
 /// Runs one command to completion.
@@ -62,6 +85,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let status = app.db.status().await;
             print_json(&status)?;
             app.db.close();
+        }
+        Command::DownloadTenants { dry_run } => {
+            download(Table::Tenants, dry_run).await?;
+        }
+        Command::DownloadMeters { dry_run } => {
+            download(Table::Meters, dry_run).await?;
         }
     }
     Ok(())

@@ -33,7 +33,10 @@ async fn status_reports_both_databases_and_migrate_twice_is_a_no_op() -> anyhow:
     let r: Value = serde_json::from_str(&again.stdout)?;
     assert_eq!(r["local"]["applied"], json!([]));
     assert_eq!(r["remote"]["applied"], json!([]));
-    assert_eq!(r["local"]["already_applied"], json!(["0001_init"]));
+    assert_eq!(
+        r["local"]["already_applied"],
+        json!(["0001_init", "0002_download"])
+    );
     let n: i64 = w
         .local
         .client()
@@ -41,7 +44,7 @@ async fn status_reports_both_databases_and_migrate_twice_is_a_no_op() -> anyhow:
         .query_one("SELECT count(*) FROM metersync_migrations", &[])
         .await?
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "local migrations");
     Ok(())
 }
 

@@ -10,9 +10,13 @@
 //!   callable;
 //! - nothing but protocol reaches stdout (see [`stdio`]).
 
-pub mod progress;
+mod collect_tools;
+mod cycle_tools;
+mod download_tools;
 mod meter_tools;
+pub mod progress;
 mod status_tools;
+mod upload_tools;
 pub mod stdio;
 
 use std::sync::Arc;
@@ -75,7 +79,12 @@ impl MeterSyncServer {
     /// Every tool, before the read-only filter. Each group of tools lives in
     /// its own file with its own router.
     fn routers() -> ToolRouter<Self> {
-        Self::status_router() + Self::meter_router()
+        Self::status_router()
+            + Self::meter_router()
+            + Self::download_router()
+            + Self::upload_router()
+            + Self::collect_router()
+            + Self::cycle_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.

@@ -1,0 +1,473 @@
+//! The download engine: the remote `tenants` and `meters` tables mirrored
+//! into the local database, with change tracking. One engine serves both
+//! tables ([`Table`]); they differ in columns, not in logic.
+//!
+//! Guarantees:
+//! - **scope**: with `SITE_ID` set only that site's rows are read; the local
+//!   table mirrors that scope, so a local row outside it (gone remotely,
+//!   moved to another site, or inactive remotely) becomes inactive locally.
+//!   Nothing is ever deleted locally: readings may still reference it;
+//! - **change detection by value**: every column is compared (not only
+//!   `updated_at`); a row whose values are equal is not rewritten, and a run
+//!   with nothing changed writes no row of the table at all, only its
+//!   `sync_runs` record. To keep that cheap, each local row stores a 128-bit
+//!   digest of the remote row it was written from (`remote_digest`, local
+//!   migration 0002): an unchanged row costs its id, `active` and digest on
+//!   the local side and is never decoded; rows whose digest differs are read
+//!   in full and compared column by column, which names the changed fields.
+//!   The local tables are metersync's copy: a hand edit to a local row is
+//!   only overwritten when the remote row changes;
+//! - **atomic**: the changes to one table commit in one local transaction;
+//!   a failure at any point leaves the local table exactly as it was. The
+//!   table is locked against other writers (not readers) for the run, so two
+//!   downloads cannot interleave;
+//! - **constant round trips**: one remote statement per run (an unnamed
+//!   `SELECT`, safe behind a transaction-mode pooler), and a fixed number of
+//!   local statements whatever the row count (two reads; changed rows go
+//!   through one binary `COPY` into a temporary table and one
+//!   `INSERT ... ON CONFLICT`; one `UPDATE` deactivates the gone rows);
+//! - **bad remote data** (a meter whose points, address or device instance
+//!   the collector could not use, see [`validate`]) is reported per row and
+//!   skipped, leaving that row's local copy as it was; the other rows apply;
+//! - every run, dry or not, failed or not, is recorded in `sync_runs` with
+//!   kind `download_tenants` / `download_meters`, its counts and its error.
+//!
+//! Run tenants before meters: meters reference tenants.
+
+mod diff;
+mod table;
+pub mod validate;
+
+use std::time::Instant;
+
+use futures::{pin_mut, TryStreamExt};
+use serde::Serialize;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::app::App;
+use crate::config::Side;
+use crate::db::DbError;
+use crate::progress::Progress;
+use crate::runs::{self, RunStatus};
+
+use table::Fetched;
+pub use table::Table;
+
+/// At most this many changes and this many skipped rows are listed in a
+/// report (the counts stay exact), so a result never floods an assistant's
+/// context.
+pub const LIST_CAP: usize = 50;
+
+/// What a change did to a local row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChangeAction {
+    /// A row new to the local copy.
+    Insert,
+    /// A row whose values changed remotely.
+    Update,
+    /// A row gone or inactive remotely, now inactive locally.
+    Deactivate,
+}
+
+/// One changed row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct Change {
+    /// The row's id.
+    pub id: i64,
+    /// What happened to it.
+    pub action: ChangeAction,
+    /// The columns whose values changed (empty for an insert).
+    pub fields: Vec<String>,
+}
+
+/// A remote row that was not applied, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
+pub struct RowError {
+    /// The row's id.
+    pub id: i64,
+    /// What is wrong with it and what to fix on the remote.
+    pub error: String,
+}
+
+/// The result of one download.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct DownloadReport {
+    /// `tenants` or `meters`.
+    pub table: String,
+    /// The `SITE_ID` the download was scoped to (`null`: every site).
+    pub site_id: Option<String>,
+    /// True when the changes were computed and reported but not written.
+    pub dry_run: bool,
+    /// Rows read from the remote.
+    pub remote_rows: u64,
+    /// Rows new to the local copy.
+    pub inserted: u64,
+    /// Rows whose values changed.
+    pub updated: u64,
+    /// Rows already equal to the remote (including rows inactive on both sides).
+    pub unchanged: u64,
+    /// Rows gone or inactive remotely that became inactive locally.
+    pub deactivated: u64,
+    /// Remote rows with data the collector cannot use, left as they were locally.
+    pub skipped: u64,
+    /// The changes, in id order, at most [`LIST_CAP`].
+    pub changes: Vec<Change>,
+    /// Changes left out of `changes`.
+    pub changes_omitted: u64,
+    /// The skipped rows and why, at most [`LIST_CAP`].
+    pub errors: Vec<RowError>,
+    /// Skipped rows left out of `errors`.
+    pub errors_omitted: u64,
+    /// Statements sent to the remote by this run (one, whatever the row count).
+    pub remote_round_trips: u32,
+    /// Wall time of the run.
+    pub duration_ms: u64,
+}
+
+impl DownloadReport {
+    /// The counts recorded in `sync_runs`.
+    fn counts(&self) -> serde_json::Value {
+        serde_json::json!({
+            "site_id": self.site_id,
+            "dry_run": self.dry_run,
+            "remote_rows": self.remote_rows,
+            "inserted": self.inserted,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "deactivated": self.deactivated,
+            "skipped": self.skipped,
+            "skipped_ids": self.errors.iter().map(|e| e.id).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// Why a download failed. The local copy is then exactly as it was before.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    /// The remote table could not be read.
+    #[error("{kind} could not read the remote {table} table; nothing was changed locally: {source}{hint}")]
+    Remote {
+        /// `download_tenants` or `download_meters`.
+        kind: &'static str,
+        /// `tenants` or `meters`.
+        table: &'static str,
+        /// The database error (never query text or a password).
+        #[source]
+        source: DbError,
+        /// What to check, when the error says more than the message.
+        hint: String,
+    },
+    /// The local copy could not be read or written; it was rolled back.
+    #[error(
+        "{kind} could not update the local {table} table; it was left exactly as it was: {source}"
+    )]
+    Local {
+        /// `download_tenants` or `download_meters`.
+        kind: &'static str,
+        /// `tenants` or `meters`.
+        table: &'static str,
+        /// The database error (never query text or a password).
+        #[source]
+        source: DbError,
+    },
+    /// The local writes did not match the plan (a trigger or rule on the
+    /// local table?); they were rolled back.
+    #[error("{kind}: the local {table} table did not take the changes as planned ({detail}); they were rolled back. Check for triggers or rules on the local {table} table")]
+    Inconsistent {
+        /// `download_tenants` or `download_meters`.
+        kind: &'static str,
+        /// `tenants` or `meters`.
+        table: &'static str,
+        /// Expected and actual row counts.
+        detail: String,
+    },
+}
+
+impl DownloadError {
+    /// Whether running the download again later may succeed as it is.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DownloadError::Remote { source, .. } | DownloadError::Local { source, .. } => {
+                source.is_transient()
+            }
+            DownloadError::Inconsistent { .. } => false,
+        }
+    }
+}
+
+/// Downloads `table` from the remote into the local copy (see the module
+/// docs for the guarantees). With `dry_run`, computes and reports the same
+/// changes but writes none. Records the run in `sync_runs`.
+///
+/// Fails when either database is unreachable after the retry policy, the
+/// remote table cannot be read as the contract's columns, or the local apply
+/// fails; the local table is then unchanged.
+pub async fn download(
+    app: &App,
+    table: Table,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<DownloadReport, DownloadError> {
+    let kind = table.run_kind();
+    let local_err = |source| DownloadError::Local {
+        kind,
+        table: table.name(),
+        source,
+    };
+    let run = runs::start(&app.db, kind).await.map_err(local_err)?;
+    let result = run_download(app, table, dry_run, progress).await;
+    match &result {
+        Ok(report) => {
+            runs::finish(&app.db, run, RunStatus::Ok, &report.counts(), None).await;
+            tracing::info!(
+                table = table.name(),
+                dry_run,
+                inserted = report.inserted,
+                updated = report.updated,
+                unchanged = report.unchanged,
+                deactivated = report.deactivated,
+                skipped = report.skipped,
+                duration_ms = report.duration_ms,
+                "download finished"
+            );
+        }
+        Err(e) => {
+            let counts = serde_json::json!({
+                "site_id": app.config.site_id,
+                "dry_run": dry_run,
+            });
+            let msg = e.to_string();
+            runs::finish(&app.db, run, RunStatus::Failed, &counts, Some(&msg)).await;
+            tracing::error!(table = table.name(), dry_run, "download failed: {msg}");
+        }
+    }
+    result
+}
+
+async fn run_download(
+    app: &App,
+    table: Table,
+    dry_run: bool,
+    progress: &dyn Progress,
+) -> Result<DownloadReport, DownloadError> {
+    let started = Instant::now();
+    let kind = table.run_kind();
+    let name = table.name();
+    let site = app.config.site_id.clone();
+    let remote_err = |source: DbError, hint: &str| DownloadError::Remote {
+        kind,
+        table: name,
+        source,
+        hint: hint.to_string(),
+    };
+    let local_err = |e: &tokio_postgres::Error| DownloadError::Local {
+        kind,
+        table: name,
+        source: DbError::query(Side::Local, e),
+    };
+
+    let remote = app.db.remote().await.map_err(|e| remote_err(e, ""))?;
+    let mut local = app
+        .db
+        .local()
+        .await
+        .map_err(|source| DownloadError::Local {
+            kind,
+            table: name,
+            source,
+        })?;
+    let tx = local.transaction().await.map_err(|e| local_err(&e))?;
+    tx.batch_execute(&table.local_lock())
+        .await
+        .map_err(|e| local_err(&e))?;
+
+    // The one remote statement and the local read, at the same time.
+    let remote_sql = table.remote_select(site.is_some());
+    let remote_params: Vec<(&(dyn ToSql + Sync), Type)> = match &site {
+        Some(s) => vec![(s as &(dyn ToSql + Sync), Type::TEXT)],
+        None => Vec::new(),
+    };
+    let local_sql = table.local_digests();
+    // Rows are decoded as they arrive, overlapping the servers' work.
+    let (remote_rows, local_rows) = tokio::try_join!(
+        async {
+            let rows = remote
+                .query_typed_raw(&remote_sql, remote_params)
+                .await
+                .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
+            read_all(rows)
+                .await
+                .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))
+        },
+        async {
+            let no_params: [(&(dyn ToSql + Sync), Type); 0] = [];
+            let rows = tx
+                .query_typed_raw(&local_sql, no_params)
+                .await
+                .map_err(|e| local_err(&e))?;
+            let rows = read_all(rows).await.map_err(|e| local_err(&e))?;
+            Ok(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
+        },
+    )?;
+    drop(remote);
+    let read_ms = started.elapsed().as_millis() as u64;
+    let remote_count = remote_rows.len() as u64;
+    progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
+
+    let decode_err =
+        |e: tokio_postgres::Error| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e));
+    let (plan, pending) = diff::triage(table, remote_rows, local_rows).map_err(decode_err)?;
+    // The rows that may have changed, read in full: one statement.
+    let mut full = Vec::new();
+    if !pending.is_empty() {
+        let ids: Vec<i64> = pending.iter().map(|p| p.id()).collect();
+        let rows = tx
+            .query_typed_raw(
+                &table.local_rows(),
+                [(&ids as &(dyn ToSql + Sync), Type::INT8_ARRAY)],
+            )
+            .await
+            .map_err(|e| local_err(&e))?;
+        full = read_all(rows).await.map_err(|e| local_err(&e))?;
+    }
+    let mut plan = diff::settle(table, plan, pending, full).map_err(decode_err)?;
+    let bad = std::mem::take(&mut plan.skipped);
+    progress.update(2, Some(3), &format!("compared with the local {name}"));
+    tracing::debug!(
+        table = name,
+        read_ms,
+        compared_ms = started.elapsed().as_millis() as u64,
+        "download planned"
+    );
+
+    if !dry_run && !plan.is_empty() {
+        apply(&tx, table, &plan).await?;
+        tx.commit().await.map_err(|e| local_err(&e))?;
+    } else {
+        // Nothing to write (or a dry run): end the transaction, releasing the lock.
+        tx.rollback().await.map_err(|e| local_err(&e))?;
+    }
+    progress.update(3, Some(3), "done");
+
+    let changes_total = plan.changes.len();
+    let mut changes = plan.changes;
+    changes.truncate(LIST_CAP);
+    let skipped_total = bad.len();
+    let errors = bad
+        .into_iter()
+        .take(LIST_CAP)
+        .map(|(id, error)| RowError { id, error })
+        .collect();
+    Ok(DownloadReport {
+        table: name.to_string(),
+        site_id: site,
+        dry_run,
+        remote_rows: remote_count,
+        inserted: plan.inserted,
+        updated: plan.updated,
+        unchanged: plan.unchanged,
+        deactivated: plan.deactivated,
+        skipped: skipped_total as u64,
+        changes,
+        changes_omitted: (changes_total.saturating_sub(LIST_CAP)) as u64,
+        errors,
+        errors_omitted: (skipped_total.saturating_sub(LIST_CAP)) as u64,
+        remote_round_trips: 1,
+        duration_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Collects a result stream, undecoded, skipping rows without an id.
+async fn read_all(rows: tokio_postgres::RowStream) -> Result<Vec<Fetched>, tokio_postgres::Error> {
+    pin_mut!(rows);
+    let mut out = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        if let Some(r) = Fetched::new(row)? {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
+/// What to check when the remote read fails for a reason the server named.
+fn remote_hint(e: &tokio_postgres::Error) -> &'static str {
+    match e.code().map(|c| c.code()) {
+        Some("42P01") | Some("42703") => {
+            "; the remote table lacks the contract's columns: run `metersync migrate` or compare it with the README's table definitions"
+        }
+        Some("42501") => {
+            "; grant SELECT on the table to POSTGRES_CLIENT_USER"
+        }
+        Some("22P02") | Some("22003") | Some("42846") => {
+            "; a column's values do not fit the contract's type (e.g. device_instance out of int4 range)"
+        }
+        _ => "",
+    }
+}
+
+/// Writes `plan` inside `tx` with a fixed number of statements, and checks
+/// that the table took exactly the planned rows.
+async fn apply(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: Table,
+    plan: &diff::Plan,
+) -> Result<(), DownloadError> {
+    let kind = table.run_kind();
+    let name = table.name();
+    let local_err = |e: &tokio_postgres::Error| DownloadError::Local {
+        kind,
+        table: name,
+        source: DbError::query(Side::Local, e),
+    };
+    let mut written = 0u64;
+    if !plan.upserts.is_empty() {
+        tx.batch_execute(&table.create_stage())
+            .await
+            .map_err(|e| local_err(&e))?;
+        let sink = tx
+            .copy_in(&table.copy_stage())
+            .await
+            .map_err(|e| local_err(&e))?;
+        let mut types: Vec<Type> = table.columns().iter().map(|c| c.kind.pg_type()).collect();
+        types.push(Type::BYTEA);
+        let writer = BinaryCopyInWriter::new(sink, &types);
+        pin_mut!(writer);
+        for (r, digest) in &plan.upserts {
+            let digest: &[u8] = digest;
+            let mut row: Vec<&(dyn ToSql + Sync)> =
+                r.cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
+            row.push(&digest);
+            writer
+                .as_mut()
+                .write(&row)
+                .await
+                .map_err(|e| local_err(&e))?;
+        }
+        writer.finish().await.map_err(|e| local_err(&e))?;
+        written = tx
+            .execute_typed(&table.upsert_from_stage(), &[])
+            .await
+            .map_err(|e| local_err(&e))?;
+    }
+    let mut deactivated = 0u64;
+    if !plan.deactivate.is_empty() {
+        deactivated = tx
+            .execute_typed(&table.deactivate(), &[(&plan.deactivate, Type::INT8_ARRAY)])
+            .await
+            .map_err(|e| local_err(&e))?;
+    }
+    if written != plan.upserts.len() as u64 || deactivated != plan.deactivate.len() as u64 {
+        return Err(DownloadError::Inconsistent {
+            kind,
+            table: name,
+            detail: format!(
+                "planned {} upserts and {} deactivations, the table took {written} and {deactivated}",
+                plan.upserts.len(),
+                plan.deactivate.len()
+            ),
+        });
+    }
+    Ok(())
+}
