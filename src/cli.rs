@@ -30,6 +30,16 @@ enum Command {
     Migrate,
     /// Print both databases' connection status as JSON (one attempt, no retries).
     Status,
+    /// Upload the local backlog to the remote, exactly once; prints the
+    /// report as JSON. Ctrl-C stops between batches.
+    Upload {
+        /// Rows per remote transaction, 1 to 100000 (default UPLOAD_BATCH_SIZE).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Stop after this many rows, at least 1 (default: the whole backlog).
+        #[arg(long)]
+        max_rows: Option<u64>,
+    },
 }
 
 fn load() -> anyhow::Result<Arc<App>> {
@@ -61,6 +71,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let app = load()?;
             let status = app.db.status().await;
             print_json(&status)?;
+            app.db.close();
+        }
+        Command::Upload {
+            batch_size,
+            max_rows,
+        } => {
+            let app = load()?;
+            app.db.initialize().await?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::info!("interrupted: stopping after the batch in flight");
+                    on_signal.cancel();
+                }
+            });
+            let opts = metersync::upload::UploadOptions {
+                batch_size,
+                max_rows,
+            };
+            let progress = metersync::progress::LogProgress("upload");
+            let report = metersync::upload::upload(&app, opts, &progress, &cancel).await?;
+            print_json(&report)?;
             app.db.close();
         }
     }

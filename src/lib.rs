@@ -16,6 +16,7 @@
 //! - [`runs`]: the `sync_runs` journal every operation writes.
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
 //! - [`progress`]: how engines report progress without knowing to whom.
+//! - [`upload`]: the upload engine, readings to the remote exactly once.
 //! - [`app`]: the context (config + pools) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
@@ -31,3 +32,4 @@ pub mod retry;
 pub mod runs;
 pub mod status;
 pub mod tls;
+pub mod upload;

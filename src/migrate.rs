@@ -25,10 +25,16 @@ pub struct Migration {
 }
 
 /// The local database's migrations, in order.
-pub const LOCAL: &[Migration] = &[Migration {
-    version: "0001_init",
-    sql: include_str!("../migrations/local/0001_init.sql"),
-}];
+pub const LOCAL: &[Migration] = &[
+    Migration {
+        version: "0001_init",
+        sql: include_str!("../migrations/local/0001_init.sql"),
+    },
+    Migration {
+        version: "0002_upload",
+        sql: include_str!("../migrations/local/0002_upload.sql"),
+    },
+];
 
 /// The remote database's migrations, in order.
 pub const REMOTE: &[Migration] = &[Migration {

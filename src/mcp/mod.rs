@@ -13,6 +13,7 @@
 pub mod progress;
 mod status_tools;
 pub mod stdio;
+mod upload_tools;
 
 use std::sync::Arc;
 
@@ -68,7 +69,7 @@ impl MeterSyncServer {
     /// Every tool, before the read-only filter. Each group of tools lives in
     /// its own file with its own router.
     fn routers() -> ToolRouter<Self> {
-        Self::status_router()
+        Self::status_router() + Self::upload_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.
