@@ -32,7 +32,10 @@
 //! - cancellation is honoured between batches: every committed batch is
 //!   uploaded and deleted, nothing is half-done;
 //! - the remote sees only unnamed statements, or statements inside one
-//!   transaction, so it works through a transaction-mode pooler.
+//!   transaction, so it works through a transaction-mode pooler;
+//! - a batch that fails on a transient remote error (a dropped connection, a
+//!   restart) is sent once more on a new connection; a second failure ends
+//!   the call with an error that says the backlog is intact.
 
 mod local;
 mod remote;
@@ -279,13 +282,19 @@ async fn run_batches(
     let backlog = local::backlog(db).await.map_err(start)?;
     let total = max_rows.map_or(backlog, |m| m.min(backlog));
     let mut report = UploadReport::default();
+    // Held for the whole call: a checkout per batch would cost the pool's
+    // recycle check, one more remote round trip per batch.
+    let mut rc: Option<deadpool_postgres::Object> = None;
     if backlog > 0 {
         let r = db.remote().await.map_err(start)?;
         remote::check_table(&r).await?;
+        rc = Some(r);
     }
     let site_id = app.config.site_id.as_deref();
+    let mut lc = db.local().await.map_err(start)?;
     let mut after = 0i64;
     let mut done = 0u64;
+    let mut retried = false;
     loop {
         let want = match max_rows {
             Some(m) if done >= m => break,
@@ -303,28 +312,56 @@ async fn run_batches(
             hint: hint(&source),
             source,
         };
-        let mut lc = db.local().await.map_err(interrupted)?;
+        let remote = match rc.as_mut() {
+            Some(c) => c,
+            None => rc.insert(db.remote().await.map_err(interrupted)?),
+        };
+        let t_claim = Instant::now();
         let claim = local::Claim::begin(&mut lc, after, want)
             .await
             .map_err(interrupted)?;
         let Some(last) = claim.last_id() else {
             break;
         };
-        let mut rc = db.remote().await.map_err(interrupted)?;
-        let sent = remote::send(&mut rc, claim.rows(), site_id)
-            .await
-            .map_err(|e| match e {
-                remote::SendError::Db(source) => {
-                    db.note_error(Side::Remote, &source.to_string());
-                    interrupted(source)
+        let t_send = Instant::now();
+        let sent = match remote::send(remote, claim.rows(), site_id).await {
+            Ok(sent) => sent,
+            Err(remote::SendError::Db(source)) => {
+                db.note_error(Side::Remote, &source.to_string());
+                // The batch rolls back locally and stays; its remote outcome
+                // may be unknown, which a re-send resolves (ON CONFLICT).
+                drop(claim);
+                if let Some(broken) = rc.take() {
+                    drop(deadpool_postgres::Object::take(broken));
                 }
-                remote::SendError::TooManyRejected(first) => UploadError::TooManyRejected {
+                if source.is_transient() && !retried {
+                    tracing::warn!(
+                        batch = batch_no,
+                        "batch failed, sending it again on a new connection: {source}"
+                    );
+                    retried = true;
+                    continue;
+                }
+                return Err(interrupted(source));
+            }
+            Err(remote::SendError::TooManyRejected(first)) => {
+                return Err(UploadError::TooManyRejected {
                     batch: batch_no,
                     first,
-                },
-            })?;
-        drop(rc);
+                })
+            }
+        };
+        retried = false;
+        let t_settle = Instant::now();
         let quarantined = claim.settle(&sent.rejected).await.map_err(interrupted)?;
+        tracing::debug!(
+            batch = batch_no,
+            rows = sent.inserted + sent.already_present + sent.rejected.len(),
+            claim_ms = (t_send - t_claim).as_secs_f64() * 1e3,
+            send_ms = (t_settle - t_send).as_secs_f64() * 1e3,
+            settle_ms = t_settle.elapsed().as_secs_f64() * 1e3,
+            "batch committed"
+        );
         after = last;
         let n = (sent.inserted + sent.already_present) as u64;
         report.uploaded += sent.inserted as u64;
@@ -343,6 +380,7 @@ async fn run_batches(
             &format!("batch {}: {done} of {total} rows", report.batches),
         );
     }
+    drop(lc);
     report.remaining = local::backlog(db).await.unwrap_or(0);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     Ok(report)
