@@ -434,3 +434,45 @@ async fn mcp_upload_readings_reports_progress_and_rejects_bad_arguments() -> Res
     let _ = client.cancel().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn an_interrupt_stops_between_batches_with_nothing_half_done() -> Result<()> {
+    let w = World::start().await?;
+    let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
+    seed(&lc, 200_000, 0).await?;
+    let wd = workdir();
+    let child = metersync_cmd(&w.env, wd.path())
+        .args(["upload", "--batch-size", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let pid = child.id().context("child pid")? as i32;
+    // SAFETY: kill has no memory preconditions; pid is our live child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = child.wait_with_output().await?;
+    std::io::Write::write_all(&mut log_file("upload-sigint")?.0, &out.stderr)?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["cancelled"], true, "{r}");
+    let uploaded = r["uploaded"].as_i64().unwrap_or(-1);
+    assert!(uploaded > 0 && uploaded < 200_000, "{r}");
+    assert_eq!(uploaded % 1000, 0, "whole batches only: {r}");
+    assert_eq!(count(&rc, "meter_readings").await?, uploaded);
+    assert_eq!(count(&lc, "meter_readings").await?, 200_000 - uploaded);
+    assert_eq!(r["remaining"], 200_000 - uploaded);
+    let status: String = lc
+        .query_one(
+            "SELECT status FROM sync_runs WHERE kind = 'upload' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    assert_eq!(status, "cancelled");
+    Ok(())
+}

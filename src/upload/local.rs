@@ -1,9 +1,11 @@
 //! The local side of a batch: claim rows under row locks, then settle them
 //! (quarantine the rejected, delete the sent, by id) in the same transaction.
+//! A claim owns its connection, so two batches can be in flight at once (one
+//! being sent while the next is claimed).
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use deadpool_postgres::Object;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, Transaction};
 
 use super::QuarantinedRow;
 use crate::config::Side;
@@ -24,6 +26,14 @@ fn q(e: tokio_postgres::Error) -> DbError {
     DbError::query(Side::Local, &e)
 }
 
+fn released() -> DbError {
+    DbError::Query {
+        side: Side::Local,
+        cause: "the batch's connection was already released (a bug in metersync)".into(),
+        transient: false,
+    }
+}
+
 /// Rows waiting in the local backlog.
 pub(super) async fn backlog(db: &Databases) -> Result<u64, DbError> {
     let c = db.local().await?;
@@ -34,19 +44,34 @@ pub(super) async fn backlog(db: &Databases) -> Result<u64, DbError> {
     Ok(row.get::<_, i64>(0).max(0) as u64)
 }
 
-/// A batch of rows locked in an open local transaction. Dropped without
-/// [`Claim::settle`], the transaction rolls back and the rows stay.
-pub(super) struct Claim<'a> {
-    tx: Transaction<'a>,
+/// A batch of rows locked in an open local transaction on a connection the
+/// claim owns. Dropped without [`Claim::settle`], the connection is closed
+/// (not returned to the pool), so the server rolls the transaction back and
+/// the rows stay.
+pub(super) struct Claim {
+    client: Option<Object>,
     rows: Vec<Reading>,
 }
 
-impl<'a> Claim<'a> {
-    /// Locks up to `limit` rows with ids above `after`, skipping rows another
-    /// uploader holds.
-    pub async fn begin(client: &'a mut Client, after: i64, limit: usize) -> Result<Self, DbError> {
-        let tx = client.transaction().await.map_err(q)?;
-        let rows = tx
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            drop(Object::take(c));
+        }
+    }
+}
+
+impl Claim {
+    /// Locks up to `limit` rows with ids above `after` on `client`, skipping
+    /// rows another uploader holds.
+    pub async fn begin(client: Object, after: i64, limit: usize) -> Result<Self, DbError> {
+        let mut claim = Claim {
+            client: Some(client),
+            rows: Vec::new(),
+        };
+        let c = claim.client()?;
+        c.batch_execute("BEGIN").await.map_err(q)?;
+        let rows = c
             .query_typed(
                 "SELECT id, meter_id, point, recorded_at, value, unit FROM meter_readings \
                  WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -65,7 +90,18 @@ impl<'a> Claim<'a> {
                 unit: r.try_get(5).map_err(q)?,
             });
         }
-        Ok(Claim { tx, rows: out })
+        claim.rows = out;
+        Ok(claim)
+    }
+
+    fn client(&self) -> Result<&Object, DbError> {
+        self.client.as_ref().ok_or_else(released)
+    }
+
+    /// Ends a claim that locked nothing and gives its connection back.
+    pub async fn release(mut self) -> Result<Object, DbError> {
+        self.client()?.batch_execute("ROLLBACK").await.map_err(q)?;
+        self.client.take().ok_or_else(released)
     }
 
     /// The claimed rows, in id order.
@@ -82,9 +118,10 @@ impl<'a> Claim<'a> {
     /// remote's error) to the quarantine table, deletes every claimed row by
     /// id, and commits. Returns the quarantined rows.
     pub async fn settle(
-        self,
+        mut self,
         rejected: &[(usize, String)],
-    ) -> Result<Vec<QuarantinedRow>, DbError> {
+    ) -> Result<(Vec<QuarantinedRow>, Object), DbError> {
+        let c = self.client()?;
         let mut quarantined = Vec::with_capacity(rejected.len());
         if !rejected.is_empty() {
             let mut ids = Vec::new();
@@ -111,25 +148,24 @@ impl<'a> Claim<'a> {
                     error: err.clone(),
                 });
             }
-            self.tx
-                .execute_typed(
-                    "INSERT INTO meter_readings_quarantine \
+            c.execute_typed(
+                "INSERT INTO meter_readings_quarantine \
                      (id, meter_id, point, recorded_at, value, unit, error) \
                      SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], \
                      $4::timestamptz[], $5::float8[], $6::text[], $7::text[]) \
                      ON CONFLICT (id) DO NOTHING",
-                    &[
-                        (&ids, Type::INT8_ARRAY),
-                        (&meters, Type::INT8_ARRAY),
-                        (&points, Type::TEXT_ARRAY),
-                        (&times, Type::TIMESTAMPTZ_ARRAY),
-                        (&values, Type::FLOAT8_ARRAY),
-                        (&units, Type::TEXT_ARRAY),
-                        (&errors, Type::TEXT_ARRAY),
-                    ],
-                )
-                .await
-                .map_err(q)?;
+                &[
+                    (&ids, Type::INT8_ARRAY),
+                    (&meters, Type::INT8_ARRAY),
+                    (&points, Type::TEXT_ARRAY),
+                    (&times, Type::TIMESTAMPTZ_ARRAY),
+                    (&values, Type::FLOAT8_ARRAY),
+                    (&units, Type::TEXT_ARRAY),
+                    (&errors, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+            .map_err(q)?;
             for r in &quarantined {
                 tracing::warn!(
                     id = r.id,
@@ -142,14 +178,14 @@ impl<'a> Claim<'a> {
             }
         }
         let ids: Vec<i64> = self.rows.iter().map(|r| r.id).collect();
-        self.tx
-            .execute_typed(
-                "DELETE FROM meter_readings WHERE id = ANY($1)",
-                &[(&ids, Type::INT8_ARRAY)],
-            )
-            .await
-            .map_err(q)?;
-        self.tx.commit().await.map_err(q)?;
-        Ok(quarantined)
+        c.execute_typed(
+            "DELETE FROM meter_readings WHERE id = ANY($1)",
+            &[(&ids, Type::INT8_ARRAY)],
+        )
+        .await
+        .map_err(q)?;
+        c.batch_execute("COMMIT").await.map_err(q)?;
+        let c = self.client.take().ok_or_else(released)?;
+        Ok((quarantined, c))
     }
 }

@@ -266,6 +266,36 @@ pub async fn upload(
     result
 }
 
+/// Adds one settled batch to the report and reports progress.
+fn account(
+    report: &mut UploadReport,
+    sent: &remote::Sent,
+    quarantined: Vec<QuarantinedRow>,
+    progress: &dyn Progress,
+    total: u64,
+) {
+    let n = (sent.inserted + sent.already_present) as u64;
+    report.uploaded += sent.inserted as u64;
+    report.already_present += sent.already_present as u64;
+    report.deleted_local += n;
+    report.quarantined += quarantined.len() as u64;
+    let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
+    report
+        .quarantined_rows
+        .extend(quarantined.into_iter().take(room));
+    report.batches += 1;
+    let done = report.deleted_local + report.quarantined;
+    progress.update(
+        done,
+        Some(total),
+        &format!("batch {}: {done} of {total} rows", report.batches),
+    );
+}
+
+/// The batch loop, two batches deep: while batch `k` is sent to the remote,
+/// batch `k-1` is settled and batch `k+1` claimed on the local database, each
+/// in its own local transaction. Every batch still settles only after its
+/// own remote commit.
 async fn run_batches(
     app: &App,
     batch_size: usize,
@@ -282,105 +312,133 @@ async fn run_batches(
     let backlog = local::backlog(db).await.map_err(start)?;
     let total = max_rows.map_or(backlog, |m| m.min(backlog));
     let mut report = UploadReport::default();
+    if backlog == 0 {
+        report.duration_ms = t0.elapsed().as_millis() as u64;
+        return Ok(report);
+    }
     // Held for the whole call: a checkout per batch would cost the pool's
     // recycle check, one more remote round trip per batch.
-    let mut rc: Option<deadpool_postgres::Object> = None;
-    if backlog > 0 {
-        let r = db.remote().await.map_err(start)?;
-        remote::check_table(&r).await?;
-        rc = Some(r);
-    }
+    let mut rc = db.remote().await.map_err(start)?;
+    remote::check_table(&rc).await?;
     let site_id = app.config.site_id.as_deref();
-    let mut lc = db.local().await.map_err(start)?;
-    let mut after = 0i64;
-    let mut done = 0u64;
+    // How many rows the next claim may take.
+    let want = |claimed: u64| match max_rows {
+        _ if cancel.is_cancelled() => 0,
+        Some(m) => m.saturating_sub(claimed).min(batch_size as u64) as usize,
+        None => batch_size,
+    };
+    let mut claimed = 0u64;
+    // The keyset start of the current batch, to claim it again after a retry.
+    let mut cur_after = 0i64;
+    let mut spare = Some(db.local().await.map_err(start)?);
+    let first = db.local().await.map_err(start)?;
+    let mut current = Some(
+        local::Claim::begin(first, cur_after, want(claimed))
+            .await
+            .map_err(start)?,
+    );
+    let mut prev: Option<(local::Claim, remote::Sent)> = None;
     let mut retried = false;
     loop {
-        let want = match max_rows {
-            Some(m) if done >= m => break,
-            Some(m) => (m - done).min(batch_size as u64) as usize,
-            None => batch_size,
-        };
-        if cancel.is_cancelled() {
-            report.cancelled = true;
-            break;
-        }
-        let batch_no = report.batches + 1;
+        let batch_no = report.batches + 1 + u64::from(prev.is_some());
+        let done = report.deleted_local + report.quarantined;
         let interrupted = |source: DbError| UploadError::Interrupted {
             batch: batch_no,
             done,
             hint: hint(&source),
             source,
         };
-        let remote = match rc.as_mut() {
-            Some(c) => c,
-            None => rc.insert(db.remote().await.map_err(interrupted)?),
+        let cur = match current.take() {
+            Some(c) if c.last_id().is_some() => c,
+            other => {
+                if let Some(empty) = other {
+                    // Locked nothing: end its transaction, keep the connection.
+                    let _ = empty.release().await;
+                }
+                if let Some((p, sent)) = prev.take() {
+                    let (q, _) = p.settle(&sent.rejected).await.map_err(interrupted)?;
+                    account(&mut report, &sent, q, progress, total);
+                }
+                break;
+            }
         };
-        let t_claim = Instant::now();
-        let claim = local::Claim::begin(&mut lc, after, want)
-            .await
-            .map_err(interrupted)?;
-        let Some(last) = claim.last_id() else {
-            break;
+        claimed += cur.rows().len() as u64;
+        let next_after = cur.last_id().unwrap_or(cur_after);
+        let next_want = want(claimed);
+        let t = Instant::now();
+        let prev_taken = prev.take();
+        let spare_taken = if prev_taken.is_none() {
+            spare.take()
+        } else {
+            None
         };
-        let t_send = Instant::now();
-        let sent = match remote::send(remote, claim.rows(), site_id).await {
+        let (sent, local_side) = tokio::join!(remote::send(&mut rc, cur.rows(), site_id), async {
+            let (settled, conn) = match prev_taken {
+                Some((p, sent)) => {
+                    let (q, conn) = p.settle(&sent.rejected).await?;
+                    (Some((sent, q)), Some(conn))
+                }
+                None => (None, spare_taken),
+            };
+            let next = match conn {
+                Some(conn) if next_want > 0 => {
+                    Some(local::Claim::begin(conn, next_after, next_want).await?)
+                }
+                _ => None,
+            };
+            Ok::<_, DbError>((settled, next))
+        });
+        let (settled, next) = local_side.map_err(interrupted)?;
+        if let Some((psent, q)) = settled {
+            account(&mut report, &psent, q, progress, total);
+        }
+        let sent = match sent {
             Ok(sent) => sent,
             Err(remote::SendError::Db(source)) => {
                 db.note_error(Side::Remote, &source.to_string());
-                // The batch rolls back locally and stays; its remote outcome
-                // may be unknown, which a re-send resolves (ON CONFLICT).
-                drop(claim);
-                if let Some(broken) = rc.take() {
-                    drop(deadpool_postgres::Object::take(broken));
-                }
+                // This batch and the next roll back locally and stay; the
+                // remote outcome of this one may be unknown, which a re-send
+                // resolves (ON CONFLICT).
+                drop((cur, next));
+                drop(deadpool_postgres::Object::take(rc));
                 if source.is_transient() && !retried {
                     tracing::warn!(
-                        batch = batch_no,
+                        batch = report.batches + 1,
                         "batch failed, sending it again on a new connection: {source}"
                     );
                     retried = true;
+                    rc = db.remote().await.map_err(interrupted)?;
+                    spare = Some(db.local().await.map_err(interrupted)?);
+                    let conn = db.local().await.map_err(interrupted)?;
+                    claimed = report.deleted_local + report.quarantined;
+                    current = Some(
+                        local::Claim::begin(conn, cur_after, want(claimed))
+                            .await
+                            .map_err(interrupted)?,
+                    );
                     continue;
                 }
                 return Err(interrupted(source));
             }
             Err(remote::SendError::TooManyRejected(first)) => {
                 return Err(UploadError::TooManyRejected {
-                    batch: batch_no,
+                    batch: report.batches + 1,
                     first,
                 })
             }
         };
         retried = false;
-        let t_settle = Instant::now();
-        let quarantined = claim.settle(&sent.rejected).await.map_err(interrupted)?;
         tracing::debug!(
-            batch = batch_no,
-            rows = sent.inserted + sent.already_present + sent.rejected.len(),
-            claim_ms = (t_send - t_claim).as_secs_f64() * 1e3,
-            send_ms = (t_settle - t_send).as_secs_f64() * 1e3,
-            settle_ms = t_settle.elapsed().as_secs_f64() * 1e3,
-            "batch committed"
+            batch = report.batches + 1,
+            rows = cur.rows().len(),
+            ms = t.elapsed().as_secs_f64() * 1e3,
+            "batch sent (the previous one settled, the next one claimed meanwhile)"
         );
-        after = last;
-        let n = (sent.inserted + sent.already_present) as u64;
-        report.uploaded += sent.inserted as u64;
-        report.already_present += sent.already_present as u64;
-        report.deleted_local += n;
-        report.quarantined += quarantined.len() as u64;
-        let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
-        report
-            .quarantined_rows
-            .extend(quarantined.into_iter().take(room));
-        report.batches += 1;
-        done += n + sent.rejected.len() as u64;
-        progress.update(
-            done,
-            Some(total),
-            &format!("batch {}: {done} of {total} rows", report.batches),
-        );
+        prev = Some((cur, sent));
+        cur_after = next_after;
+        current = next;
     }
-    drop(lc);
+    report.cancelled = cancel.is_cancelled();
     report.remaining = local::backlog(db).await.unwrap_or(0);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     Ok(report)
