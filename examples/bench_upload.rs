@@ -291,6 +291,117 @@ async fn raw_pipe(l: &tokio_postgres::Client, r: &tokio_postgres::Client) -> Res
     Ok(sink.as_mut().finish().await?)
 }
 
+/// One synthetic batch of rows, `k`-th of its run.
+type Row = (
+    i64,
+    String,
+    chrono::DateTime<chrono::Utc>,
+    f64,
+    Option<String>,
+);
+
+fn synthetic(k: usize, n: usize) -> Vec<Row> {
+    let base =
+        chrono::DateTime::<chrono::Utc>::from_timestamp(1_767_225_600, 0).unwrap_or_default();
+    (0..n)
+        .map(|i| {
+            let g = (k * n + i) as i64;
+            (
+                g % 200 + 1,
+                "energy_kwh".to_string(),
+                base + chrono::Duration::seconds(g),
+                g as f64 / 4.0,
+                Some("kWh".to_string()),
+            )
+        })
+        .collect()
+}
+
+const COLS: &str = "meter_id, point, recorded_at, value, unit";
+const TYPES: [tokio_postgres::types::Type; 5] = [
+    tokio_postgres::types::Type::INT8,
+    tokio_postgres::types::Type::TEXT,
+    tokio_postgres::types::Type::TIMESTAMPTZ,
+    tokio_postgres::types::Type::FLOAT8,
+    tokio_postgres::types::Type::TEXT,
+];
+
+async fn copy_rows(tx: &tokio_postgres::Transaction<'_>, sql: &str, rows: &[Row]) -> Result<()> {
+    let sink = tx.copy_in(sql).await?;
+    let mut w = std::pin::pin!(tokio_postgres::binary_copy::BinaryCopyInWriter::new(
+        sink, &TYPES
+    ));
+    for r in rows {
+        w.as_mut().write(&[&r.0, &r.1, &r.2, &r.3, &r.4]).await?;
+    }
+    w.finish().await?;
+    Ok(())
+}
+
+/// The remote write paths alone (no local side), `total` rows in batches of
+/// `batch`, each into an empty table with the contract's primary key.
+async fn remote_paths(port: u16, total: usize, batch: usize) -> Result<()> {
+    use tokio_postgres::types::Type;
+    let (mut c, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    for path in [
+        "direct COPY",
+        "COPY to ON COMMIT DROP staging + INSERT ON CONFLICT",
+        "UNNEST + ON CONFLICT (execute_typed)",
+    ] {
+        c.batch_execute("TRUNCATE meter_readings").await?;
+        let t = Instant::now();
+        for k in 0..total / batch {
+            let rows = synthetic(k, batch);
+            let tx = c.transaction().await?;
+            match path {
+                "direct COPY" => {
+                    copy_rows(
+                        &tx,
+                        &format!("COPY meter_readings ({COLS}) FROM STDIN (FORMAT binary)"),
+                        &rows,
+                    )
+                    .await?
+                }
+                "UNNEST + ON CONFLICT (execute_typed)" => {
+                    let m: Vec<i64> = rows.iter().map(|r| r.0).collect();
+                    let p: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+                    let ts: Vec<_> = rows.iter().map(|r| r.2).collect();
+                    let v: Vec<f64> = rows.iter().map(|r| r.3).collect();
+                    let u: Vec<Option<&str>> = rows.iter().map(|r| r.4.as_deref()).collect();
+                    tx.execute_typed(
+                        &format!("INSERT INTO meter_readings ({COLS}) SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[]) ON CONFLICT DO NOTHING"),
+                        &[(&m, Type::INT8_ARRAY), (&p, Type::TEXT_ARRAY), (&ts, Type::TIMESTAMPTZ_ARRAY), (&v, Type::FLOAT8_ARRAY), (&u, Type::TEXT_ARRAY)],
+                    )
+                    .await?;
+                }
+                _ => {
+                    tx.batch_execute(&format!("CREATE TEMP TABLE staging ON COMMIT DROP AS SELECT {COLS} FROM meter_readings WITH NO DATA")).await?;
+                    copy_rows(
+                        &tx,
+                        &format!("COPY staging ({COLS}) FROM STDIN (FORMAT binary)"),
+                        &rows,
+                    )
+                    .await?;
+                    tx.batch_execute(&format!("INSERT INTO meter_readings ({COLS}) SELECT {COLS} FROM staging ON CONFLICT DO NOTHING")).await?;
+                }
+            }
+            tx.commit().await?;
+        }
+        let rate = (total / batch * batch) as f64 / t.elapsed().as_secs_f64();
+        println!("remote path only, via PgBouncer, {path}: {rate:>9.0} rows/s");
+    }
+    c.batch_execute("TRUNCATE meter_readings").await?;
+    Ok(())
+}
+
 /// Child mode: one upload, then print the report and VmHWM (kB).
 async fn child(batch: usize) -> Result<()> {
     let env: HashMap<String, String> = std::env::vars().collect();
@@ -369,6 +480,9 @@ async fn main() -> Result<()> {
         ours / raw
     );
 
+    if std::env::var_os("BENCH_RATIO_ONLY").is_some() {
+        return Ok(());
+    }
     rc.batch_execute("TRUNCATE meter_readings").await?;
     seed(&lc, rows).await?;
     let t = Instant::now();
@@ -378,6 +492,8 @@ async fn main() -> Result<()> {
         "metersync upload (PgBouncer transaction mode): {} rows, {pgb:>9.0} rows/s",
         r.uploaded
     );
+
+    remote_paths(bouncer.port, rows as usize, batch).await?;
 
     let counter = Counter::start(remote.port).await?;
     let mut per = Vec::new();

@@ -1,5 +1,6 @@
-//! The local side of a batch: claim rows under row locks, then settle them
-//! (quarantine the rejected, delete the sent, by id) in the same transaction.
+//! The local side of a batch: claim rows (lock and delete them in a local
+//! transaction left open), then settle them (quarantine the rejected, commit)
+//! after the remote commit.
 //! A claim owns its connection, so two batches can be in flight at once (one
 //! being sent while the next is claimed).
 
@@ -62,8 +63,13 @@ impl Drop for Claim {
 }
 
 impl Claim {
-    /// Locks up to `limit` rows with ids above `after` on `client`, skipping
-    /// rows another uploader holds.
+    /// Takes up to `limit` rows with ids above `after` on `client`, skipping
+    /// rows another uploader holds: one statement locks them (`FOR UPDATE
+    /// SKIP LOCKED`) and deletes exactly those rows (by their physical row
+    /// id, which the lock keeps stable) in a transaction left open. The
+    /// delete becomes visible only at [`Claim::settle`]'s commit, after the
+    /// remote commit; until then other uploaders skip the rows, and a crash
+    /// rolls it back.
     pub async fn begin(client: Object, after: i64, limit: usize) -> Result<Self, DbError> {
         let mut claim = Claim {
             client: Some(client),
@@ -73,8 +79,10 @@ impl Claim {
         c.batch_execute("BEGIN").await.map_err(q)?;
         let rows = c
             .query_typed(
-                "SELECT id, meter_id, point, recorded_at, value, unit FROM meter_readings \
-                 WHERE id > $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+                "DELETE FROM meter_readings WHERE ctid = ANY(ARRAY( \
+                   SELECT ctid FROM meter_readings WHERE id > $1 ORDER BY id LIMIT $2 \
+                   FOR UPDATE SKIP LOCKED)) \
+                 RETURNING id, meter_id, point, recorded_at, value, unit",
                 &[(&after, Type::INT8), (&(limit as i64), Type::INT8)],
             )
             .await
@@ -90,6 +98,7 @@ impl Claim {
                 unit: r.try_get(5).map_err(q)?,
             });
         }
+        out.sort_unstable_by_key(|r| r.id);
         claim.rows = out;
         Ok(claim)
     }
@@ -115,8 +124,8 @@ impl Claim {
     }
 
     /// After the remote commit: moves `rejected` (index into the rows, the
-    /// remote's error) to the quarantine table, deletes every claimed row by
-    /// id, and commits. Returns the quarantined rows.
+    /// remote's error) to the quarantine table and commits the claim's
+    /// delete. Returns the quarantined rows and the connection.
     pub async fn settle(
         mut self,
         rejected: &[(usize, String)],
@@ -177,13 +186,6 @@ impl Claim {
                 );
             }
         }
-        let ids: Vec<i64> = self.rows.iter().map(|r| r.id).collect();
-        c.execute_typed(
-            "DELETE FROM meter_readings WHERE id = ANY($1)",
-            &[(&ids, Type::INT8_ARRAY)],
-        )
-        .await
-        .map_err(q)?;
         c.batch_execute("COMMIT").await.map_err(q)?;
         let c = self.client.take().ok_or_else(released)?;
         Ok((quarantined, c))
