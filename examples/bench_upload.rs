@@ -465,19 +465,29 @@ async fn main() -> Result<()> {
     rc.batch_execute("CREATE TABLE raw_readings (LIKE meter_readings INCLUDING ALL)")
         .await?;
 
-    seed(&lc, rows).await?;
-    let t = Instant::now();
-    let n = raw_pipe(&lc, &rc).await?;
-    let raw = n as f64 / t.elapsed().as_secs_f64();
-    println!("raw binary COPY pipe:       {n} rows, {raw:>9.0} rows/s");
-
-    let t = Instant::now();
-    let r = run_upload(&env, batch).await?;
-    let ours = r.uploaded as f64 / t.elapsed().as_secs_f64();
+    // Alternating rounds: the machine is shared, so one round can be noise.
+    let mut ratios = Vec::new();
+    for round in 1..=3 {
+        rc.batch_execute("TRUNCATE meter_readings, raw_readings")
+            .await?;
+        seed(&lc, rows).await?;
+        let t = Instant::now();
+        let n = raw_pipe(&lc, &rc).await?;
+        let raw = n as f64 / t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let r = run_upload(&env, batch).await?;
+        let ours = r.uploaded as f64 / t.elapsed().as_secs_f64();
+        println!(
+            "round {round}: raw binary COPY pipe {raw:>7.0} rows/s, metersync upload {ours:>7.0} rows/s ({} rows, local delete included), ratio {:.2}",
+            r.uploaded,
+            ours / raw
+        );
+        ratios.push(ours / raw);
+    }
+    ratios.sort_by(f64::total_cmp);
     println!(
-        "metersync upload (direct):  {} rows, {ours:>9.0} rows/s, ratio {:.2} (target >= 0.70)",
-        r.uploaded,
-        ours / raw
+        "median ratio metersync / raw COPY: {:.2} (target >= 0.70)",
+        ratios[ratios.len() / 2]
     );
 
     if std::env::var_os("BENCH_RATIO_ONLY").is_some() {

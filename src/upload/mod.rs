@@ -26,13 +26,15 @@
 //! and batch `k+1` is claimed, each in its own local transaction, so the
 //! local and the remote work overlap.
 //!
-//! Why this remote path (measured by `examples/bench_upload.rs`, 1M rows in
-//! 10k batches through PgBouncer, remote side only): direct binary COPY
-//! ~105,000 rows/s, UNNEST + ON CONFLICT ~85,000, binary COPY into an
-//! `ON COMMIT DROP` staging table + INSERT … ON CONFLICT ~38,000 (the temp
-//! table's catalog churn per batch). COPY is fastest and needs no ON
-//! CONFLICT in the common case because the primary key itself detects a
-//! re-send; the UNNEST statement is the idempotent fallback.
+//! Why this remote path (measured by `examples/bench_upload.rs`, release,
+//! 1M rows in 10k batches through PgBouncer, remote side only, two runs on a
+//! shared 2-core machine): direct binary COPY 105,000-114,000 rows/s (as fast
+//! as the raw COPY pipe's remote side); UNNEST + ON CONFLICT 58,000-85,000;
+//! binary COPY into an `ON COMMIT DROP` staging table + INSERT … ON CONFLICT
+//! 38,000-64,000 (a temp table created and dropped per batch). COPY needs no
+//! ON CONFLICT in the common case because the primary key itself detects a
+//! re-send (the COPY then fails whole and nothing half-done commits); the
+//! UNNEST statement is the idempotent fallback.
 //!
 //! Guarantees:
 //! - a row leaves `meter_readings` (its delete commits) only after the remote
