@@ -92,7 +92,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 max_rows,
             };
             let progress = metersync::progress::LogProgress("upload");
-            let report = metersync::upload::upload(&app, opts, &progress, &cancel).await?;
+            // The engine's message already names its cause: print it once,
+            // not followed by the cause again as anyhow's chain would.
+            let report = metersync::upload::upload(&app, opts, &progress, &cancel)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             print_json(&report)?;
             app.db.close();
         }
