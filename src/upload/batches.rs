@@ -116,23 +116,30 @@ pub(super) async fn run_batches(
         } else {
             None
         };
-        let (sent, local_side) = tokio::join!(remote::send(&mut rc, cur.rows(), site_id), async {
-            let (settled, conn) = match prev_taken {
-                Some((p, sent)) => {
-                    let (q, conn) = p.settle(&sent.rejected).await?;
-                    (Some((sent, q)), Some(conn))
-                }
-                None => (None, spare_taken),
-            };
-            let next = match conn {
-                Some(conn) if next_want > 0 => {
-                    Some(local::Claim::begin(conn, next_after, next_want).await?)
-                }
-                _ => None,
-            };
-            Ok::<_, DbError>((settled, next))
-        });
-        let (settled, next) = local_side.map_err(interrupted)?;
+        let (sent, local_side) = tokio::join!(
+            async {
+                let r = remote::send(&mut rc, cur.rows(), site_id).await;
+                (r, t.elapsed())
+            },
+            async {
+                let (settled, conn) = match prev_taken {
+                    Some((p, sent)) => {
+                        let (q, conn) = p.settle(&sent.rejected).await?;
+                        (Some((sent, q)), Some(conn))
+                    }
+                    None => (None, spare_taken),
+                };
+                let next = match conn {
+                    Some(conn) if next_want > 0 => {
+                        Some(local::Claim::begin(conn, next_after, next_want).await?)
+                    }
+                    _ => None,
+                };
+                Ok::<_, DbError>((settled, next, t.elapsed()))
+            }
+        );
+        let (sent, send_time) = sent;
+        let (settled, next, local_time) = local_side.map_err(interrupted)?;
         if let Some((psent, q)) = settled {
             account(&mut report, &psent, q, progress, total);
         }
@@ -175,8 +182,9 @@ pub(super) async fn run_batches(
         tracing::debug!(
             batch = report.batches + 1,
             rows = cur.rows().len(),
-            ms = t.elapsed().as_secs_f64() * 1e3,
-            "batch sent (the previous one settled, the next one claimed meanwhile)"
+            send_ms = send_time.as_secs_f64() * 1e3,
+            local_ms = local_time.as_secs_f64() * 1e3,
+            "batch sent (meanwhile the previous one settled and the next one was claimed)"
         );
         prev = Some((cur, sent));
         cur_after = next_after;
