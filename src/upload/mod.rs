@@ -27,14 +27,14 @@
 //! local and the remote work overlap.
 //!
 //! Why this remote path (measured by `examples/bench_upload.rs`, release,
-//! 1M rows in 10k batches through PgBouncer, remote side only, two runs on a
-//! shared 2-core machine): direct binary COPY 105,000-114,000 rows/s (as fast
-//! as the raw COPY pipe's remote side); UNNEST + ON CONFLICT 58,000-85,000;
-//! binary COPY into an `ON COMMIT DROP` staging table + INSERT … ON CONFLICT
-//! 38,000-64,000 (a temp table created and dropped per batch). COPY needs no
-//! ON CONFLICT in the common case because the primary key itself detects a
-//! re-send (the COPY then fails whole and nothing half-done commits); the
-//! UNNEST statement is the idempotent fallback.
+//! 1M rows in 10k batches through PgBouncer, remote side only, three runs on
+//! a shared 2-core machine): direct binary COPY 105,000-152,000 rows/s (as
+//! fast as the raw COPY pipe's remote side); UNNEST + ON CONFLICT
+//! 58,000-85,000; binary COPY into an `ON COMMIT DROP` staging table +
+//! INSERT … ON CONFLICT 38,000-65,000 (a temp table created and dropped per
+//! batch). COPY needs no ON CONFLICT in the common case because the primary
+//! key itself detects a re-send (the COPY then fails whole and nothing
+//! half-done commits); the UNNEST statement is the idempotent fallback.
 //!
 //! Guarantees:
 //! - a row leaves `meter_readings` (its delete commits) only after the remote
