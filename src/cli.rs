@@ -44,6 +44,16 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Upload the local backlog to the remote, exactly once; prints the
+    /// report as JSON. Ctrl-C stops between batches.
+    Upload {
+        /// Rows per remote transaction, 1 to 100000 (default UPLOAD_BATCH_SIZE).
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Stop after this many rows, at least 1 (default: the whole backlog).
+        #[arg(long)]
+        max_rows: Option<u64>,
+    },
 }
 
 fn load() -> anyhow::Result<Arc<App>> {
@@ -91,6 +101,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DownloadMeters { dry_run } => {
             download(Table::Meters, dry_run).await?;
+    },
+        Command::Upload {
+            batch_size,
+            max_rows,
+        } => {
+            let app = load()?;
+            app.db.initialize().await?;
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let on_signal = cancel.clone();
+            tokio::spawn(async move {
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    tracing::info!("interrupted: stopping after the batch in flight");
+                    on_signal.cancel();
+                }
+            });
+            let opts = metersync::upload::UploadOptions {
+                batch_size,
+                max_rows,
+            };
+            let progress = metersync::progress::LogProgress("upload");
+            // The engine's message already names its cause: print it once,
+            // not followed by the cause again as anyhow's chain would.
+            let report = metersync::upload::upload(&app, opts, &progress, &cancel)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&report)?;
+            app.db.close();
         }
     }
     Ok(())

@@ -34,6 +34,10 @@ pub const LOCAL: &[Migration] = &[
         version: "0002_download",
         sql: include_str!("../migrations/local/0002_download.sql"),
     },
+    Migration {
+        version: "0003_upload",
+        sql: include_str!("../migrations/local/0003_upload.sql"),
+    },
 ];
 
 /// The remote database's migrations, in order.

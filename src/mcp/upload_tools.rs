@@ -1,0 +1,79 @@
+//! Tools that move readings: `upload_readings`.
+
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_router, RoleServer};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::progress::McpProgress;
+use super::MeterSyncServer;
+use crate::upload::{UploadOptions, UploadReport};
+
+/// Arguments of `upload_readings`.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UploadArgs {
+    /// Rows per remote transaction, 1 to 100000. Default: UPLOAD_BATCH_SIZE
+    /// (10000). Smaller batches report progress more often; larger ones are
+    /// faster.
+    pub batch_size: Option<i64>,
+    /// Stop after this many rows (at least 1). Default: the whole backlog.
+    pub max_rows: Option<i64>,
+}
+
+impl UploadArgs {
+    /// The engine's options; a negative number is named like any other
+    /// out-of-range value.
+    fn options(&self) -> Result<UploadOptions, String> {
+        let batch_size = match self.batch_size {
+            Some(b) if b < 1 => {
+                return Err(format!(
+                    "invalid batch_size: must be between 1 and {}, got {b}",
+                    crate::upload::MAX_BATCH_SIZE
+                ))
+            }
+            Some(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let max_rows = match self.max_rows {
+            Some(m) if m < 1 => {
+                return Err(format!(
+                    "invalid max_rows: must be at least 1 (leave it out to upload the whole backlog), got {m}"
+                ))
+            }
+            Some(m) => Some(m as u64),
+            None => None,
+        };
+        Ok(UploadOptions {
+            batch_size,
+            max_rows,
+        })
+    }
+}
+
+#[tool_router(router = upload_router, vis = "pub(super)")]
+impl MeterSyncServer {
+    /// Uploads the local backlog to the remote, exactly once.
+    #[tool(
+        description = "Upload the readings waiting in the local database to the central database, in batches, exactly once: each batch is deleted locally only after the remote committed it, rows the remote already holds are counted in already_present (never doubled), and rows the remote rejects as bad data are moved to the local quarantine table and listed in quarantined_rows. Safe to re-run at any time; stops between batches when cancelled. Sends progress notifications when given a progress token.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = true,
+            open_world_hint = true
+        )
+    )]
+    async fn upload_readings(
+        &self,
+        Parameters(args): Parameters<UploadArgs>,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<Json<UploadReport>, String> {
+        let opts = args.options()?;
+        let cancel = ctx.ct.clone();
+        let progress = McpProgress::new(&ctx);
+        let result = crate::upload::upload(&self.app, opts, &progress, &cancel).await;
+        progress.finish().await;
+        result.map(Json).map_err(|e| e.to_string())
+    }
+}
