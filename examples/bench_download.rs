@@ -91,7 +91,7 @@ impl Cluster {
         ]);
         init.arg(format!("--pwfile={}", dir.path().join("pw").display()));
         run(init, "initdb")?;
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nshared_buffers = 128MB\n";
+        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nshared_buffers = 128MB\n";
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))?;

@@ -91,7 +91,7 @@ impl Cluster {
         ]);
         init.arg(format!("--pwfile={}", root.path().join("pw").display()));
         run_ok(init, "initdb")?;
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 100\nshared_buffers = 128MB\nmax_wal_size = 2GB\n";
+        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nmax_connections = 100\nshared_buffers = 128MB\nmax_wal_size = 2GB\n";
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))?;

@@ -51,7 +51,11 @@ async fn main() -> anyhow::Result<()> {
     let tools = client.list_all_tools().await?;
     println!(
         "tools: {}",
-        tools.iter().map(|t| t.name.to_string()).collect::<Vec<_>>().join(", ")
+        tools
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let calls = [
         ("connection_status", json!({})),
@@ -61,7 +65,10 @@ async fn main() -> anyhow::Result<()> {
         ("download_meters", json!({})),
         ("list_meters", json!({"limit": 2})),
         ("read_meter", json!({"meter_id": 101})),
-        ("discover_devices", json!({"address": "127.0.0.1:47808", "timeout_ms": 500})),
+        (
+            "discover_devices",
+            json!({"address": "127.0.0.1:47808", "timeout_ms": 500}),
+        ),
         ("collect_meters", json!({})),
         ("upload_readings", json!({"batch_size": 5000})),
         ("run_sync_cycle", json!({})),

@@ -1,9 +1,12 @@
 //! The application context shared by the MCP server, the daemon and the
-//! CLI: the configuration and the two database pools. Each front end builds
+//! CLI: the configuration, the two database pools and the BACnet client. Each front end builds
 //! one [`App`] and calls the same engine functions with it.
 
 use std::sync::Arc;
 
+use tokio::sync::OnceCell;
+
+use crate::bacnet::{BacnetConfig, BacnetError, UdpClient};
 use crate::config::Config;
 use crate::db::{Databases, DbError};
 
@@ -13,6 +16,8 @@ pub struct App {
     pub config: Config,
     /// Both database pools.
     pub db: Databases,
+    /// The BACnet/IP client, bound on first use (BACNET_BIND).
+    bacnet: OnceCell<Arc<UdpClient>>,
 }
 
 impl App {
@@ -21,6 +26,27 @@ impl App {
     /// Fails only on an unusable TLS setting.
     pub fn new(config: Config) -> Result<Arc<Self>, DbError> {
         let db = Databases::new(&config)?;
-        Ok(Arc::new(App { config, db }))
+        Ok(Arc::new(App {
+            config,
+            db,
+            bacnet: OnceCell::new(),
+        }))
+    }
+
+    /// The shared BACnet client, binding its socket on first use.
+    ///
+    /// Fails when BACNET_BIND cannot be bound (the error says what to change).
+    pub async fn bacnet(&self) -> Result<Arc<UdpClient>, BacnetError> {
+        self.bacnet
+            .get_or_try_init(|| async {
+                let cfg = BacnetConfig {
+                    bind: self.config.bacnet_bind,
+                    timeout: self.config.bacnet_timeout,
+                    retries: self.config.bacnet_retries,
+                };
+                UdpClient::bind(cfg).await.map(Arc::new)
+            })
+            .await
+            .cloned()
     }
 }

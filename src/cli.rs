@@ -54,6 +54,46 @@ enum Command {
         #[arg(long)]
         max_rows: Option<u64>,
     },
+    /// Read the active meters over BACnet/IP into the local backlog; prints the report as JSON.
+    Collect {
+        /// Only this meter (repeat for several); default: every active meter.
+        #[arg(long = "meter-id")]
+        meter_ids: Vec<i64>,
+        /// Read without storing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Send Who-Is and list the BACnet devices that answer, as JSON.
+    Discover {
+        /// Unicast device or broadcast address, host:port.
+        #[arg(long, default_value = "255.255.255.255:47808")]
+        address: String,
+        /// How long to wait for answers, in ms.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+    },
+    /// Download tenants and meters, collect, upload: one cycle; prints each step's result as JSON.
+    Cycle,
+    /// The daemon: collect, upload and download on their intervals until SIGTERM/SIGINT.
+    Run,
+    /// The embedded demo: throwaway clusters and simulated meters on loopback, one full cycle.
+    Demo {
+        /// Keep the demo world up and serve MCP over stdio against it.
+        #[arg(long)]
+        serve: bool,
+    },
+}
+
+/// Cancels the returned token on Ctrl-C or SIGTERM (the engines then stop
+/// between batches).
+fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        metersync::daemon::shutdown_signal().await;
+        c.cancel();
+    });
+    cancel
 }
 
 fn load() -> anyhow::Result<Arc<App>> {
@@ -101,7 +141,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::DownloadMeters { dry_run } => {
             download(Table::Meters, dry_run).await?;
-    },
+        }
         Command::Upload {
             batch_size,
             max_rows,
@@ -129,6 +169,119 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(&report)?;
             app.db.close();
         }
+        Command::Collect { meter_ids, dry_run } => {
+            let app = load()?;
+            app.db.initialize().await?;
+            let client = app.bacnet().await?;
+            let opts = metersync::collect::CollectOptions {
+                meter_ids: (!meter_ids.is_empty()).then_some(meter_ids),
+                dry_run,
+            };
+            let cancel = cancel_on_signal();
+            let r = metersync::collect::collect(
+                &app,
+                client.as_ref(),
+                opts,
+                &LogProgress("collect"),
+                &cancel,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&r)?;
+            app.db.close();
+        }
+        Command::Discover {
+            address,
+            timeout_ms,
+        } => {
+            let app = load()?;
+            let target = metersync::bacnet::parse_address(&address)
+                .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
+            let client = app.bacnet().await?;
+            let devices = metersync::bacnet::discover_devices(
+                client.as_ref(),
+                target,
+                None,
+                std::time::Duration::from_millis(timeout_ms),
+            )
+            .await?;
+            print_json(&devices)?;
+        }
+        Command::Cycle => {
+            let app = load()?;
+            app.db.initialize().await?;
+            let cancel = cancel_on_signal();
+            let r = metersync::cycle::run_cycle(&app, &LogProgress("cycle"), &cancel).await;
+            print_json(&r)?;
+            app.db.close();
+            if !r.ok {
+                anyhow::bail!("the cycle had failing steps (see their errors above)");
+            }
+        }
+        Command::Run => {
+            let app = load()?;
+            // Collection needs only the local database: a remote that is down
+            // now is retried by the upload and download loops, not fatal.
+            app.db
+                .initialize_side(metersync::config::Side::Local)
+                .await?;
+            if app.db.has_remote() {
+                if let Err(e) = app
+                    .db
+                    .initialize_side(metersync::config::Side::Remote)
+                    .await
+                {
+                    tracing::warn!("starting without the remote database: {e}");
+                }
+            }
+            let shutdown = tokio_util::sync::CancellationToken::new();
+            let s = shutdown.clone();
+            tokio::spawn(async move {
+                metersync::daemon::shutdown_signal().await;
+                s.cancel();
+            });
+            metersync::daemon::run(app, shutdown).await;
+        }
+        Command::Demo { serve } => demo(serve, cli.read_only).await?,
+    }
+    Ok(())
+}
+
+async fn demo(serve: bool, read_only: bool) -> anyhow::Result<()> {
+    eprintln!("metersync demo: starting two throwaway PostgreSQL clusters and simulated meters on 127.0.0.1...");
+    let world = metersync::demo::DemoWorld::start().await?;
+    if serve {
+        let app = world.app.clone();
+        let cancel = tokio_util::sync::CancellationToken::new();
+        for table in [Table::Tenants, Table::Meters] {
+            metersync::download::download(&app, table, false, &LogProgress("download")).await?;
+        }
+        let client = app.bacnet().await?;
+        let c = metersync::collect::collect(
+            &app,
+            client.as_ref(),
+            metersync::collect::CollectOptions::default(),
+            &LogProgress("collect"),
+            &cancel,
+        )
+        .await?;
+        eprintln!(
+            "metersync demo: {} tenants and {} meters downloaded, {} readings collected and waiting for upload; serving MCP on stdio",
+            world.tenants, world.meters, c.readings_written
+        );
+        let result = metersync::mcp::serve_stdio(app, read_only).await;
+        world.shutdown().await;
+        result?;
+        return Ok(());
+    }
+    let cancel = cancel_on_signal();
+    let report = metersync::cycle::run_cycle(&world.app, &LogProgress("cycle"), &cancel).await;
+    let remote = world.remote_readings().await.unwrap_or(-1);
+    print!("{}", metersync::demo::summary(&world, &report, remote));
+    println!("Cleaning up: the clusters and simulated meters are removed.");
+    world.shutdown().await;
+    if !report.ok && report.upload.result.is_none() {
+        anyhow::bail!("the demo cycle failed");
     }
     Ok(())
 }

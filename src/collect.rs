@@ -132,15 +132,19 @@ pub struct MeterOutcome {
     pub error: Option<String>,
 }
 
-/// Loads the active meters (all, or those in `ids`).
+/// Loads the active meters (all, or those in `ids`), meters that failed
+/// last time first: their timeouts then overlap the healthy meters' reads
+/// instead of trailing them.
 ///
 /// Fails when an id in `ids` is not an active meter, or on a database error.
 pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>, CollectError> {
     let c = app.db.local().await?;
     let rows = c
         .query(
-            "SELECT id, device_instance, address, points FROM meters
-             WHERE active AND ($1::bigint[] IS NULL OR id = ANY($1)) ORDER BY id",
+            "SELECT m.id, m.device_instance, m.address, m.points
+             FROM meters m LEFT JOIN meter_health h ON h.meter_id = m.id
+             WHERE m.active AND ($1::bigint[] IS NULL OR m.id = ANY($1))
+             ORDER BY coalesce(h.consecutive_failures, 0) > 0 DESC, m.id",
             &[&ids],
         )
         .await
@@ -231,10 +235,12 @@ pub async fn collect(
     let concurrency = app.config.collect_concurrency.max(1);
     let mut cancelled = false;
     let mut outcomes = Vec::with_capacity(meters.len());
+    let progress: &dyn Progress = progress;
     {
-        let mut stream = futures::stream::iter(meters.iter())
-            .map(|m| async {
-                let o = read_one(client, m).await;
+        let done = &done;
+        let mut stream = futures::stream::iter(meters)
+            .map(move |m| async move {
+                let o = read_one(client, &m).await;
                 let n = done.fetch_add(1, Ordering::Relaxed) + 1;
                 let what = match &o.error {
                     None => format!("meter {} read", o.meter_id),
@@ -299,7 +305,11 @@ pub async fn collect(
         Ok(n) => {
             report.readings_written = n;
             let counts = serde_json::to_value(&report).unwrap_or_default();
-            let status = if cancelled { RunStatus::Cancelled } else { RunStatus::Ok };
+            let status = if cancelled {
+                RunStatus::Cancelled
+            } else {
+                RunStatus::Ok
+            };
             runs::finish(&app.db, run, status, &counts, None).await;
             tracing::info!(
                 meters_read = report.meters_read,
@@ -311,7 +321,14 @@ pub async fn collect(
             Ok(report)
         }
         Err(e) => {
-            runs::finish(&app.db, run, RunStatus::Failed, &serde_json::json!({}), Some(&e.to_string())).await;
+            runs::finish(
+                &app.db,
+                run,
+                RunStatus::Failed,
+                &serde_json::json!({}),
+                Some(&e.to_string()),
+            )
+            .await;
             Err(e.into())
         }
     }
@@ -368,7 +385,11 @@ pub enum ReadError {
 /// stores nothing.
 ///
 /// Fails when the meter does not exist, is misconfigured, or does not answer.
-pub async fn read_live(app: &App, client: &dyn BacnetClient, meter_id: i64) -> Result<LiveRead, ReadError> {
+pub async fn read_live(
+    app: &App,
+    client: &dyn BacnetClient,
+    meter_id: i64,
+) -> Result<LiveRead, ReadError> {
     let started = Instant::now();
     let c = app.db.local().await?;
     let row = c
@@ -382,14 +403,21 @@ pub async fn read_live(app: &App, client: &dyn BacnetClient, meter_id: i64) -> R
     drop(c);
     let (name, device_instance, address, points): (String, i32, String, serde_json::Value) =
         (row.get(0), row.get(1), row.get(2), row.get(3));
-    let cfg = |error: String| ReadError::Config { id: meter_id, error };
+    let cfg = |error: String| ReadError::Config {
+        id: meter_id,
+        error,
+    };
     let specs = bacnet::parse_points(&points).map_err(|e| cfg(format!("bad points: {e}")))?;
     let addr = bacnet::parse_address(&address).map_err(|e| cfg(format!("bad address: {e}")))?;
-    let instance = u32::try_from(device_instance).map_err(|_| cfg(format!("bad device_instance {device_instance}")))?;
+    let instance = u32::try_from(device_instance)
+        .map_err(|_| cfg(format!("bad device_instance {device_instance}")))?;
     let read_at = Utc::now();
     let points = bacnet::read_meter(client, bacnet::Device { addr, instance }, &specs)
         .await
-        .map_err(|source| ReadError::Bacnet { id: meter_id, source })?;
+        .map_err(|source| ReadError::Bacnet {
+            id: meter_id,
+            source,
+        })?;
     Ok(LiveRead {
         meter_id,
         name,

@@ -29,13 +29,25 @@ pub struct Step<T> {
 impl<T> Step<T> {
     fn from<E: std::fmt::Display>(r: Result<T, E>) -> Self {
         match r {
-            Ok(v) => Step { ok: true, result: Some(v), error: None },
-            Err(e) => Step { ok: false, result: None, error: Some(e.to_string()) },
+            Ok(v) => Step {
+                ok: true,
+                result: Some(v),
+                error: None,
+            },
+            Err(e) => Step {
+                ok: false,
+                result: None,
+                error: Some(e.to_string()),
+            },
         }
     }
 
     fn skipped(why: &str) -> Self {
-        Step { ok: false, result: None, error: Some(why.into()) }
+        Step {
+            ok: false,
+            result: None,
+            error: Some(why.into()),
+        }
     }
 }
 
@@ -58,11 +70,16 @@ pub struct CycleReport {
 
 /// Runs the four steps in order; `progress` counts steps (0..4).
 /// Never fails as a whole: each step's error is in its slot.
-pub async fn run_cycle(app: &App, progress: &dyn Progress, cancel: &CancellationToken) -> CycleReport {
+pub async fn run_cycle(
+    app: &App,
+    progress: &dyn Progress,
+    cancel: &CancellationToken,
+) -> CycleReport {
     let started = std::time::Instant::now();
     const CANCELLED: &str = "not run: the cycle was cancelled";
     progress.update(0, Some(4), "downloading tenants");
-    let download_tenants = Step::from(crate::download::download(app, Table::Tenants, false, &NoProgress).await);
+    let download_tenants =
+        Step::from(crate::download::download(app, Table::Tenants, false, &NoProgress).await);
     progress.update(1, Some(4), "downloading meters");
     let download_meters = if cancel.is_cancelled() {
         Step::skipped(CANCELLED)
@@ -76,7 +93,14 @@ pub async fn run_cycle(app: &App, progress: &dyn Progress, cancel: &Cancellation
         match app.bacnet().await {
             Err(e) => Step::from(Err::<CollectReport, _>(e)),
             Ok(client) => Step::from(
-                crate::collect::collect(app, client.as_ref(), CollectOptions::default(), &NoProgress, cancel).await,
+                crate::collect::collect(
+                    app,
+                    client.as_ref(),
+                    CollectOptions::default(),
+                    &NoProgress,
+                    cancel,
+                )
+                .await,
             ),
         }
     };

@@ -79,59 +79,84 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         "daemon started"
     );
     let a = app.clone();
-    let collect = every("collect", cfg.collect_interval, shutdown.clone(), move |cancel| {
-        let app = a.clone();
-        async move {
-            let client = app.bacnet().await.map_err(|e| e.to_string())?;
-            let r = crate::collect::collect(
-                &app,
-                client.as_ref(),
-                crate::collect::CollectOptions::default(),
-                &LogProgress("collect"),
-                &cancel,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "{} meters read, {} failed, {} readings stored",
-                r.meters_read, r.meters_failed, r.readings_written
-            ))
-        }
-    });
+    let collect = every(
+        "collect",
+        cfg.collect_interval,
+        shutdown.clone(),
+        move |cancel| {
+            let app = a.clone();
+            async move {
+                let client = app.bacnet().await.map_err(|e| e.to_string())?;
+                let r = crate::collect::collect(
+                    &app,
+                    client.as_ref(),
+                    crate::collect::CollectOptions::default(),
+                    &LogProgress("collect"),
+                    &cancel,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{} meters read, {} failed, {} readings stored",
+                    r.meters_read, r.meters_failed, r.readings_written
+                ))
+            }
+        },
+    );
     let a = app.clone();
-    let upload = every("upload", cfg.upload_interval, shutdown.clone(), move |cancel| {
-        let app = a.clone();
-        async move {
-            let r = crate::upload::upload(
-                &app,
-                crate::upload::UploadOptions::default(),
-                &LogProgress("upload"),
-                &cancel,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            Ok(format!(
-                "{} uploaded, {} already present, {} remaining",
-                r.uploaded, r.already_present, r.remaining
-            ))
-        }
-    });
+    let upload = every(
+        "upload",
+        cfg.upload_interval,
+        shutdown.clone(),
+        move |cancel| {
+            let app = a.clone();
+            async move {
+                let r = crate::upload::upload(
+                    &app,
+                    crate::upload::UploadOptions::default(),
+                    &LogProgress("upload"),
+                    &cancel,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "{} uploaded, {} already present, {} remaining",
+                    r.uploaded, r.already_present, r.remaining
+                ))
+            }
+        },
+    );
     let a = app.clone();
-    let download = every("download", cfg.download_interval, shutdown.clone(), move |_cancel| {
-        let app = a.clone();
-        async move {
-            let t = crate::download::download(&app, crate::download::Table::Tenants, false, &LogProgress("download"))
+    let download = every(
+        "download",
+        cfg.download_interval,
+        shutdown.clone(),
+        move |_cancel| {
+            let app = a.clone();
+            async move {
+                let t = crate::download::download(
+                    &app,
+                    crate::download::Table::Tenants,
+                    false,
+                    &LogProgress("download"),
+                )
                 .await
                 .map_err(|e| format!("tenants: {e}"))?;
-            let m = crate::download::download(&app, crate::download::Table::Meters, false, &LogProgress("download"))
+                let m = crate::download::download(
+                    &app,
+                    crate::download::Table::Meters,
+                    false,
+                    &LogProgress("download"),
+                )
                 .await
                 .map_err(|e| format!("meters: {e}"))?;
-            Ok(format!(
-                "tenants +{} ~{} -{}, meters +{} ~{} -{}",
-                t.inserted, t.updated, t.deactivated, m.inserted, m.updated, m.deactivated
-            ))
-        }
-    });
+                Ok(format!(
+                    "tenants +{} ~{} -{}, meters +{} ~{} -{}",
+                    t.inserted, t.updated, t.deactivated, m.inserted, m.updated, m.deactivated
+                ))
+            }
+        },
+    );
     tokio::join!(collect, upload, download);
     app.db.close();
     tracing::info!("daemon stopped");

@@ -345,17 +345,27 @@ impl Databases {
     /// Fails with the first side that stays unreachable after
     /// `MAX_CONNECTION_RETRIES` retries, or whose credentials are refused.
     pub async fn initialize(&self) -> Result<(), DbError> {
-        for h in std::iter::once(&self.local).chain(self.remote.as_ref()) {
-            let client = h
-                .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
-                .await?;
-            client
-                .simple_query("SELECT 1")
-                .await
-                .map_err(|e| DbError::query(h.side, &e))?;
-            h.set_last_error(None);
-            tracing::info!(side = %h.side, endpoint = %h.cfg.endpoint(), "database connected");
+        self.initialize_side(Side::Local).await?;
+        if self.remote.is_some() {
+            self.initialize_side(Side::Remote).await?;
         }
+        Ok(())
+    }
+
+    /// Connects one side with the retry policy and runs a test query.
+    ///
+    /// Fails as [`Databases::initialize`] does, for that side only.
+    pub async fn initialize_side(&self, side: Side) -> Result<(), DbError> {
+        let h = self.handle(side)?;
+        let client = h
+            .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
+            .await?;
+        client
+            .simple_query("SELECT 1")
+            .await
+            .map_err(|e| DbError::query(h.side, &e))?;
+        h.set_last_error(None);
+        tracing::info!(side = %h.side, endpoint = %h.cfg.endpoint(), "database connected");
         Ok(())
     }
 

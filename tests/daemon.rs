@@ -85,13 +85,25 @@ async fn the_daemon_collects_through_an_outage_and_drains_after() -> anyhow::Res
         .spawn()?;
     let local = w.local.client().await?;
     // Collection goes on with the remote down: readings pile up locally.
-    let piled = wait_for(20, || async { Ok(count(&local, "SELECT count(*) FROM meter_readings").await? >= 48) }).await?;
-    assert!(piled, "readings should accumulate locally while the remote is down");
-    assert!(child.try_wait()?.is_none(), "the daemon must survive the outage");
+    let piled = wait_for(20, || async {
+        Ok(count(&local, "SELECT count(*) FROM meter_readings").await? >= 48)
+    })
+    .await?;
+    assert!(
+        piled,
+        "readings should accumulate locally while the remote is down"
+    );
+    assert!(
+        child.try_wait()?.is_none(),
+        "the daemon must survive the outage"
+    );
 
     w.remote.start_again()?;
     let remote = w.remote.client().await?;
-    let drained = wait_for(30, || async { Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? >= 48) }).await?;
+    let drained = wait_for(30, || async {
+        Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? >= 48)
+    })
+    .await?;
     assert!(drained, "the backlog should drain once the remote is back");
 
     sigterm(&child);
@@ -107,10 +119,17 @@ async fn the_daemon_collects_through_an_outage_and_drains_after() -> anyhow::Res
         "SELECT coalesce(sum((counts->>'readings_written')::bigint), 0)::bigint FROM sync_runs WHERE kind = 'collect'",
     )
     .await?;
-    assert_eq!(local_n + remote_n, collected, "local {local_n} + remote {remote_n} != collected {collected}");
+    assert_eq!(
+        local_n + remote_n,
+        collected,
+        "local {local_n} + remote {remote_n} != collected {collected}"
+    );
     let log = std::fs::read_to_string(&log_path)?;
     assert!(!log.contains(TEST_PASSWORD));
-    assert!(log.contains("will retry on the next tick"), "upload failures during the outage are logged");
+    assert!(
+        log.contains("will retry on the next tick"),
+        "upload failures during the outage are logged"
+    );
     Ok(())
 }
 
@@ -145,23 +164,42 @@ async fn sigterm_mid_upload_loses_nothing() -> anyhow::Result<()> {
         .stderr(Stdio::from(log))
         .spawn()?;
     let remote = w.remote.client().await?;
-    let started = wait_for(30, || async { Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0) }).await?;
+    let started = wait_for(30, || async {
+        Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0)
+    })
+    .await?;
     assert!(started, "the upload should start");
     sigterm(&child);
     let t = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
     assert!(status.success());
-    assert!(t.elapsed() < Duration::from_secs(5), "exits within a few seconds: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "exits within a few seconds: {:?}",
+        t.elapsed()
+    );
     let local_n = count(&local, "SELECT count(*) FROM meter_readings").await?;
     let remote_n = count(&remote, "SELECT count(*) FROM meter_readings").await?;
-    assert!(local_n > 0, "SIGTERM should have stopped the upload part way (local {local_n})");
+    assert!(
+        local_n > 0,
+        "SIGTERM should have stopped the upload part way (local {local_n})"
+    );
     assert_eq!(local_n + remote_n, n, "nothing lost, nothing doubled");
     // Finish with a plain upload: exactly the seeded rows, by count and sum.
     let out = run_cli(&w.env, &["upload"], "daemon-after-sigterm").await?;
     assert!(out.ok, "{}", out.stderr);
-    let remote_sum: f64 = remote.query_one("SELECT sum(value) FROM meter_readings", &[]).await?.get(0);
-    assert_eq!(count(&remote, "SELECT count(*) FROM meter_readings").await?, n);
+    let remote_sum: f64 = remote
+        .query_one("SELECT sum(value) FROM meter_readings", &[])
+        .await?
+        .get(0);
+    assert_eq!(
+        count(&remote, "SELECT count(*) FROM meter_readings").await?,
+        n
+    );
     assert!((remote_sum - sum).abs() < 1e-6);
-    assert_eq!(count(&local, "SELECT count(*) FROM meter_readings").await?, 0);
+    assert_eq!(
+        count(&local, "SELECT count(*) FROM meter_readings").await?,
+        0
+    );
     Ok(())
 }

@@ -121,12 +121,21 @@ impl Cluster {
         let mut init = as_pg_user(&bindir.join("initdb"));
         init.arg("-D")
             .arg(&data)
-            .args(["-U", "postgres", "-A", "scram-sha-256", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "scram-sha-256",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()));
         run_ok(init, "initdb")?;
         let _ = std::fs::remove_file(&pwfile);
         let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\n\
-                    synchronous_commit = off\nmax_connections = 200\nshared_buffers = 64MB\n\
+                    max_connections = 200\nshared_buffers = 64MB\n\
                     log_min_messages = warning\n";
         let mut f = std::fs::OpenOptions::new()
             .append(true)
@@ -151,7 +160,11 @@ impl Cluster {
             .arg("-l")
             .arg(self.root.path().join("server.log"))
             .arg("-o")
-            .arg(format!("-p {} -k {}", self.port, self.root.path().display()))
+            .arg(format!(
+                "-p {} -k {}",
+                self.port,
+                self.root.path().display()
+            ))
             .args(["-w", "-t", "60", "start"]);
         run_ok(cmd, "pg_ctl start")
     }

@@ -84,12 +84,10 @@ impl DemoWorld {
             let pw2 = pw.clone();
             let l = std::thread::spawn(move || Cluster::start(&pw2));
             let r = Cluster::start(&pw)?;
-            let l = l
-                .join()
-                .map_err(|_| ClusterError::Command {
-                    what: "initdb".into(),
-                    detail: "setup thread panicked".into(),
-                })??;
+            let l = l.join().map_err(|_| ClusterError::Command {
+                what: "initdb".into(),
+                detail: "setup thread panicked".into(),
+            })??;
             Ok((l, r))
         })
         .await
@@ -138,7 +136,11 @@ impl DemoWorld {
     async fn seed(&mut self) -> Result<(), DemoError> {
         let c = self.app.db.remote().await?;
         let q = |e: tokio_postgres::Error| DbError::query(Side::Remote, &e);
-        let tenants = [(1i64, "Bakery Müller", "Unit 1"), (2, "Dental practice", "Unit 2"), (3, "Common areas", "House")];
+        let tenants = [
+            (1i64, "Bakery Müller", "Unit 1"),
+            (2, "Dental practice", "Unit 2"),
+            (3, "Common areas", "House"),
+        ];
         for (id, name, unit) in tenants {
             c.execute_typed(
                 "INSERT INTO tenants (id, site_id, name, unit, email) VALUES ($1, $2, $3, $4, $5)",
@@ -170,7 +172,13 @@ impl DemoWorld {
             })
             .collect();
         // A meter whose device is offline: the run reports it and goes on.
-        meters.push((199, 3, "Basement sub-meter (offline)".into(), 1999, format!("127.0.0.1:{}", cluster::free_port())));
+        meters.push((
+            199,
+            3,
+            "Basement sub-meter (offline)".into(),
+            1999,
+            format!("127.0.0.1:{}", cluster::free_port()),
+        ));
         for (id, tenant, name, instance, address) in &meters {
             c.execute_typed(
                 "INSERT INTO meters (id, site_id, tenant_id, name, device_instance, address, points)
@@ -223,12 +231,17 @@ pub fn summary(world: &DemoWorld, r: &crate::cycle::CycleReport, remote_readings
         world.meters,
         world.sim.devices().len()
     );
-    let dl = |name: &str, st: &crate::cycle::Step<crate::download::DownloadReport>| match (&st.result, &st.error) {
+    let dl = |name: &str, st: &crate::cycle::Step<crate::download::DownloadReport>| match (
+        &st.result, &st.error,
+    ) {
         (Some(d), _) => format!(
             "{name}: {} new, {} updated, {} unchanged, {} deactivated ({} ms)",
             d.inserted, d.updated, d.unchanged, d.deactivated, d.duration_ms
         ),
-        (None, e) => format!("{name}: FAILED: {}", e.as_deref().unwrap_or("unknown error")),
+        (None, e) => format!(
+            "{name}: FAILED: {}",
+            e.as_deref().unwrap_or("unknown error")
+        ),
     };
     let _ = writeln!(s, "1. download  {}", dl("tenants", &r.download_tenants));
     let _ = writeln!(s, "2. download  {}", dl("meters", &r.download_meters));
@@ -244,7 +257,11 @@ pub fn summary(world: &DemoWorld, r: &crate::cycle::CycleReport, remote_readings
             }
         }
         (None, e) => {
-            let _ = writeln!(s, "3. collect   FAILED: {}", e.as_deref().unwrap_or("unknown error"));
+            let _ = writeln!(
+                s,
+                "3. collect   FAILED: {}",
+                e.as_deref().unwrap_or("unknown error")
+            );
         }
     }
     match (&r.upload.result, &r.upload.error) {
@@ -256,7 +273,11 @@ pub fn summary(world: &DemoWorld, r: &crate::cycle::CycleReport, remote_readings
             );
         }
         (None, e) => {
-            let _ = writeln!(s, "4. upload    FAILED: {}", e.as_deref().unwrap_or("unknown error"));
+            let _ = writeln!(
+                s,
+                "4. upload    FAILED: {}",
+                e.as_deref().unwrap_or("unknown error")
+            );
         }
     }
     let _ = writeln!(

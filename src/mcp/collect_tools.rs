@@ -60,7 +60,12 @@ impl MeterSyncServer {
     /// Reads meters into the local backlog.
     #[tool(
         description = "Read the site's active meters over BACnet/IP and store the readings locally for upload. Optional meter_ids limits the run; dry_run reads without storing. A meter that does not answer costs one timeout and is listed in failures; the others are still collected. Sends progress per meter when the client gives a progress token.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
     )]
     async fn collect_meters(
         &self,
@@ -68,7 +73,9 @@ impl MeterSyncServer {
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<CollectReport>, String> {
         if a.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
-            return Err("meter_ids must not be empty: omit it to collect every active meter".into());
+            return Err(
+                "meter_ids must not be empty: omit it to collect every active meter".into(),
+            );
         }
         let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
         let progress = McpProgress::new(&ctx);
@@ -86,7 +93,10 @@ impl MeterSyncServer {
         description = "Read one meter live over BACnet/IP and return each configured point's value, unit or error. Stores nothing.",
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
-    async fn read_meter(&self, Parameters(a): Parameters<ReadMeterArgs>) -> Result<Json<LiveRead>, String> {
+    async fn read_meter(
+        &self,
+        Parameters(a): Parameters<ReadMeterArgs>,
+    ) -> Result<Json<LiveRead>, String> {
         let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
         crate::collect::read_live(&self.app, client.as_ref(), a.meter_id)
             .await
@@ -99,17 +109,27 @@ impl MeterSyncServer {
         description = "Find BACnet devices: send Who-Is to a unicast or broadcast address and list the devices that answer with I-Am (instance, address, vendor, name). Stores nothing.",
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
-    async fn discover_devices(&self, Parameters(a): Parameters<DiscoverArgs>) -> Result<Json<DiscoverResult>, String> {
+    async fn discover_devices(
+        &self,
+        Parameters(a): Parameters<DiscoverArgs>,
+    ) -> Result<Json<DiscoverResult>, String> {
         let timeout = a.timeout_ms.unwrap_or(3000);
         if !(100..=60_000).contains(&timeout) {
-            return Err(format!("timeout_ms must be between 100 and 60000, got {timeout}"));
+            return Err(format!(
+                "timeout_ms must be between 100 and 60000, got {timeout}"
+            ));
         }
         let target = a.address.unwrap_or_else(|| "255.255.255.255:47808".into());
         let addr = crate::bacnet::parse_address(&target).map_err(|e| format!("address: {e}"))?;
         let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
-        let mut devices = crate::bacnet::discover_devices(client.as_ref(), addr, None, Duration::from_millis(timeout))
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut devices = crate::bacnet::discover_devices(
+            client.as_ref(),
+            addr,
+            None,
+            Duration::from_millis(timeout),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         devices.sort_by_key(|d| d.instance);
         let devices_omitted = devices.len().saturating_sub(DISCOVER_CAP);
         devices.truncate(DISCOVER_CAP);

@@ -13,7 +13,12 @@ impl MeterSyncServer {
     /// Download, collect and upload, in that order.
     #[tool(
         description = "Run one full sync cycle: download_tenants, download_meters, collect_meters, upload_readings, in that order, and return each step's result. A failing step does not hide the others (a remote outage fails the downloads and the upload, yet readings are still collected locally). Sends progress per step when the client gives a progress token.",
-        annotations(read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = true)
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
     )]
     async fn run_sync_cycle(
         &self,

@@ -27,10 +27,18 @@ impl MeterSyncServer {
         description = "List the site's meters from the local database (as last downloaded): id, name, tenant, BACnet device instance and address, configured points, and collection health. Paged: pass next_cursor back as cursor; `remaining` counts the meters after this page. Writes nothing.",
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
-    async fn list_meters(&self, Parameters(a): Parameters<ListMetersArgs>) -> Result<Json<MeterPage>, String> {
-        crate::meters::list_meters(&self.app.db, a.active_only.unwrap_or(true), a.limit, a.cursor.as_deref())
-            .await
-            .map(Json)
-            .map_err(|e| e.to_string())
+    async fn list_meters(
+        &self,
+        Parameters(a): Parameters<ListMetersArgs>,
+    ) -> Result<Json<MeterPage>, String> {
+        crate::meters::list_meters(
+            &self.app.db,
+            a.active_only.unwrap_or(true),
+            a.limit,
+            a.cursor.as_deref(),
+        )
+        .await
+        .map(Json)
+        .map_err(|e| e.to_string())
     }
 }

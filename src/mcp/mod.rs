@@ -16,17 +16,17 @@ mod download_tools;
 mod meter_tools;
 pub mod progress;
 mod status_tools;
-mod upload_tools;
 pub mod stdio;
+mod upload_tools;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    Implementation, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig,
-    ListResourcesResult, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, Tool,
+    Implementation, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
+    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
+    ResourceContents, ServerCapabilities, ServerConfig, Tool,
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -146,14 +146,32 @@ impl ServerHandler for MeterSyncServer {
             ))])
             .into());
         }
+        let arguments = request.arguments.clone().unwrap_or_default();
         let tcc = ToolCallContext::new(self, request, context);
         match self.tool_router.call(tcc).await {
             // Bad arguments are the caller's to fix: answer with a tool error
             // the assistant can read, not a protocol error it may hide.
             Err(e) if e.code == ErrorCode::INVALID_PARAMS => {
+                let detail =
+                    explain_arguments(&name, &arguments).unwrap_or_else(|| e.message.to_string());
                 Ok(CallToolResult::error(vec![ContentBlock::text(format!(
-                    "invalid arguments for {name}: {}",
-                    e.message
+                    "invalid arguments for {name}: {detail}"
+                ))])
+                .into())
+            }
+            // rmcp already turns a failed deserialization into a tool error;
+            // name the argument at fault in it.
+            Ok(CallToolResponse::Complete(r))
+                if r.is_error == Some(true)
+                    && r.content.iter().any(|c| {
+                        c.as_text()
+                            .is_some_and(|t| t.text.starts_with("failed to deserialize parameters"))
+                    }) =>
+            {
+                let detail = explain_arguments(&name, &arguments)
+                    .unwrap_or_else(|| "the arguments do not match the tool's input schema".into());
+                Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid arguments for {name}: {detail}"
                 ))])
                 .into())
             }
@@ -183,7 +201,9 @@ impl ServerHandler for MeterSyncServer {
                 .with_description("The running configuration, passwords redacted")
                 .with_mime_type("application/json"),
             Resource::new(RUNS_URI, "sync_runs")
-                .with_description("The 50 most recent operations: kind, start, end, status, counts, error")
+                .with_description(
+                    "The 50 most recent operations: kind, start, end, status, counts, error",
+                )
                 .with_mime_type("application/json"),
         ]))
     }
@@ -207,7 +227,8 @@ impl ServerHandler for MeterSyncServer {
                 ))
             }
         };
-        let text = serde_json::to_string_pretty(&body).map_err(|e| McpError::internal_error(e.to_string(), None))?;
+        let text = serde_json::to_string_pretty(&body)
+            .map_err(|e| McpError::internal_error(e.to_string(), None))?;
         Ok(ReadResourceResult::new(vec![ResourceContents::text(text, request.uri.clone())]).into())
     }
 
@@ -225,6 +246,39 @@ impl ServerHandler for MeterSyncServer {
         crate::logging::set_level(level);
         tracing::info!(level, "log level changed by the MCP client");
         Ok(())
+    }
+}
+
+/// Names the argument at fault: deserializes `arguments` as the tool's
+/// argument type with the path of the failure (serde's own message does not
+/// say which field).
+fn explain_arguments(
+    tool: &str,
+    arguments: &serde_json::Map<String, serde_json::Value>,
+) -> Option<String> {
+    fn check<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Option<String> {
+        match serde_path_to_error::deserialize::<_, T>(v) {
+            Ok(_) => None,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                Some(if path == "." {
+                    inner
+                } else {
+                    format!("{path}: {inner}")
+                })
+            }
+        }
+    }
+    let v = serde_json::Value::Object(arguments.clone());
+    match tool {
+        "upload_readings" => check::<upload_tools::UploadArgs>(v),
+        "download_meters" | "download_tenants" => check::<download_tools::DownloadArgs>(v),
+        "list_meters" => check::<meter_tools::ListMetersArgs>(v),
+        "collect_meters" => check::<collect_tools::CollectArgs>(v),
+        "read_meter" => check::<collect_tools::ReadMeterArgs>(v),
+        "discover_devices" => check::<collect_tools::DiscoverArgs>(v),
+        _ => check::<NoArgs>(v),
     }
 }
 

@@ -130,7 +130,7 @@ impl PgCluster {
             .arg(format!("--pwfile={}", pwfile.display()));
         run_ok(init, "initdb")?;
         let _ = std::fs::remove_file(&pwfile);
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nsynchronous_commit = off\nmax_connections = 200\nshared_buffers = 64MB\nlog_min_messages = warning\n";
+        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\nlog_min_messages = warning\n";
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))?;
@@ -464,7 +464,10 @@ impl Mcp {
         &self,
         tool: &str,
         args: serde_json::Value,
-    ) -> Result<(rmcp::model::CallToolResult, Vec<rmcp::model::ProgressNotificationParam>)> {
+    ) -> Result<(
+        rmcp::model::CallToolResult,
+        Vec<rmcp::model::ProgressNotificationParam>,
+    )> {
         let mut params = rmcp::model::CallToolRequestParams::new(tool.to_string());
         if let serde_json::Value::Object(map) = args {
             params = params.with_arguments(map);
@@ -486,7 +489,12 @@ impl Mcp {
             .recorder
             .progress
             .lock()
-            .map(|g| g.iter().filter(|p| p.progress_token == token).cloned().collect())
+            .map(|g| {
+                g.iter()
+                    .filter(|p| p.progress_token == token)
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default();
         Ok((result, progress))
     }
