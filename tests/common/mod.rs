@@ -26,81 +26,17 @@ pub const TEST_PASSWORD: &str = "Tst-pw-9f3k2ZQx";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
+pub use metersync::demo::cluster::free_port;
+use metersync::demo::cluster::{as_pg_user, chown_pg, Cluster};
+
+fn run_ok(cmd: std::process::Command, what: &str) -> Result<()> {
+    Ok(metersync::demo::cluster::run_ok(cmd, what)?)
 }
 
-/// The directory holding initdb, pg_ctl and postgres.
-pub fn pg_bindir() -> Result<PathBuf> {
-    if let Ok(out) = std::process::Command::new("pg_config")
-        .arg("--bindir")
-        .output()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if dir.join("initdb").exists() {
-            return Ok(dir);
-        }
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .context("PostgreSQL server binaries not found: install postgresql (apt-get install -y postgresql)")?
-        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-        .filter(|p| p.join("initdb").exists())
-        .collect();
-    found.sort();
-    found
-        .pop()
-        .context("no initdb under /usr/lib/postgresql/*/bin: install postgresql")
-}
-
-/// A free TCP port on 127.0.0.1 (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
-/// Runs `cmd` as the `postgres` user when we are root.
-fn as_pg_user(program: &Path) -> std::process::Command {
-    if is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    }
-}
-
-fn chown_pg(path: &Path) -> Result<()> {
-    if is_root() {
-        let st = std::process::Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(path)
-            .status()?;
-        if !st.success() {
-            bail!("chown {} failed", path.display());
-        }
-    }
-    Ok(())
-}
-
-fn run_ok(mut cmd: std::process::Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// A throwaway PostgreSQL cluster on 127.0.0.1.
+/// A throwaway PostgreSQL cluster on 127.0.0.1 with [`TEST_PASSWORD`]: the
+/// library's demo cluster (`metersync::demo::cluster`), plus test helpers.
 pub struct PgCluster {
-    root: tempfile::TempDir,
-    bindir: PathBuf,
+    inner: Cluster,
     /// Its TCP port.
     pub port: u16,
 }
@@ -108,77 +44,26 @@ pub struct PgCluster {
 impl PgCluster {
     /// initdb + pg_ctl start on a free port.
     pub fn start() -> Result<Self> {
-        let bindir = pg_bindir()?;
-        let root = tempfile::Builder::new().prefix("metersync-pg-").tempdir()?;
-        let data = root.path().join("data");
-        let pwfile = root.path().join("pw");
-        std::fs::write(&pwfile, TEST_PASSWORD)?;
-        chown_pg(root.path())?;
-        let mut init = as_pg_user(&bindir.join("initdb"));
-        init.arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "scram-sha-256",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ])
-            .arg(format!("--pwfile={}", pwfile.display()));
-        run_ok(init, "initdb")?;
-        let _ = std::fs::remove_file(&pwfile);
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nmax_connections = 200\nshared_buffers = 64MB\nlog_min_messages = warning\n";
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut f, conf.as_bytes())?;
-        let c = PgCluster {
-            root,
-            bindir,
-            port: free_port(),
-        };
-        c.pg_ctl_start()?;
-        Ok(c)
-    }
-
-    fn pg_ctl_start(&self) -> Result<()> {
-        let data = self.root.path().join("data");
-        let mut cmd = as_pg_user(&self.bindir.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(self.root.path().join("server.log"))
-            .arg("-o")
-            .arg(format!(
-                "-p {} -k {}",
-                self.port,
-                self.root.path().display()
-            ))
-            .args(["-w", "-t", "60", "start"]);
-        run_ok(cmd, "pg_ctl start")
+        let inner = Cluster::start(TEST_PASSWORD)?;
+        Ok(PgCluster {
+            port: inner.port,
+            inner,
+        })
     }
 
     /// Stops the server at once (`-m immediate`): like a crash.
     pub fn stop(&self) -> Result<()> {
-        let mut cmd = as_pg_user(&self.bindir.join("pg_ctl"));
-        cmd.arg("-D")
-            .arg(self.root.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"]);
-        run_ok(cmd, "pg_ctl stop")
+        Ok(self.inner.stop()?)
     }
 
     /// Starts it again on the same port.
     pub fn restart(&self) -> Result<()> {
-        let _ = self.stop();
-        self.pg_ctl_start()
+        Ok(self.inner.restart()?)
     }
 
     /// Starts a stopped server again on the same port.
     pub fn start_again(&self) -> Result<()> {
-        self.pg_ctl_start()
+        Ok(self.inner.start_again()?)
     }
 
     /// A direct connection for setting up and checking, as `postgres`.
@@ -218,12 +103,6 @@ pub fn env_for(side: &str, port: u16) -> Vec<(String, String)> {
         (format!("POSTGRES_{side}_USER"), "postgres".into()),
         (format!("POSTGRES_{side}_PASSWORD"), TEST_PASSWORD.into()),
     ]
-}
-
-impl Drop for PgCluster {
-    fn drop(&mut self) {
-        let _ = self.stop();
-    }
 }
 
 /// PgBouncer in `pool_mode = transaction` in front of a cluster.
