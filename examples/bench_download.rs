@@ -15,136 +15,43 @@
 //! variables Cargo sets only for integration tests.)
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use futures::StreamExt;
 use metersync::app::App;
 use metersync::config::Config;
+use metersync::demo::cluster::Cluster;
 use metersync::download::{download, DownloadReport, Table};
 use metersync::progress::NoProgress;
 
 const PASSWORD: &str = "bench-pw-4471";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+/// Bigger buffers than the test clusters: 100k-meter tables.
+const BENCH_CONF: &str = "shared_buffers = 128MB\n";
 
-fn pg_cmd(bindir: &Path, program: &str) -> Command {
-    if is_root() {
-        let mut c = Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(bindir.join(program));
-        c
-    } else {
-        Command::new(bindir.join(program))
-    }
-}
+/// A throwaway cluster (the library's), stopped when dropped.
+struct BenchCluster(Cluster);
 
-fn run(mut cmd: Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| what.to_string())?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-/// A throwaway cluster on 127.0.0.1, stopped when dropped.
-struct Cluster {
-    dir: tempfile::TempDir,
-    bindir: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
+impl BenchCluster {
     fn start() -> Result<Self> {
-        let bindir = std::fs::read_dir("/usr/lib/postgresql")?
-            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
-            .filter(|p| p.join("initdb").exists())
-            .max()
-            .context("no PostgreSQL server binaries under /usr/lib/postgresql")?;
-        let dir = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
-        std::fs::write(dir.path().join("pw"), PASSWORD)?;
-        if is_root() {
-            run(
-                {
-                    let mut c = Command::new("chown");
-                    c.args(["-R", "postgres:postgres"]).arg(dir.path());
-                    c
-                },
-                "chown",
-            )?;
-        }
-        let data = dir.path().join("data");
-        let mut init = pg_cmd(&bindir, "initdb");
-        init.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "scram-sha-256",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
-        init.arg(format!("--pwfile={}", dir.path().join("pw").display()));
-        run(init, "initdb")?;
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nshared_buffers = 128MB\n";
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut f, conf.as_bytes())?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let mut start = pg_cmd(&bindir, "pg_ctl");
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("log"))
-            .arg("-o")
-            .arg(format!("-p {port} -k {}", dir.path().display()))
-            .args(["-w", "start"]);
-        run(start, "pg_ctl start")?;
-        Ok(Cluster { dir, bindir, port })
+        Ok(BenchCluster(Cluster::start_with(PASSWORD, BENCH_CONF)?))
     }
 
     async fn client(&self) -> Result<tokio_postgres::Client> {
-        let (c, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(conn);
-        Ok(c)
+        Ok(self.0.connect(PASSWORD).await?)
     }
 
     fn env(&self, side: &str, vars: &mut HashMap<String, String>) {
         for (k, v) in [
             ("HOST", "127.0.0.1".to_string()),
-            ("PORT", self.port.to_string()),
+            ("PORT", self.0.port.to_string()),
             ("DB", "postgres".into()),
             ("USER", "postgres".into()),
             ("PASSWORD", PASSWORD.into()),
         ] {
             vars.insert(format!("POSTGRES_{side}_{k}"), v);
         }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let mut stop = pg_cmd(&self.bindir, "pg_ctl");
-        stop.arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "stop"]);
-        let _ = stop.output();
     }
 }
 
@@ -241,7 +148,7 @@ async fn main() -> Result<()> {
         "release"
     };
     eprintln!("starting two clusters ({profile} build)...");
-    let (local, remote) = (Cluster::start()?, Cluster::start()?);
+    let (local, remote) = (BenchCluster::start()?, BenchCluster::start()?);
     let mut vars = HashMap::new();
     local.env("SYNC", &mut vars);
     remote.env("CLIENT", &mut vars);

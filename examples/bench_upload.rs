@@ -11,127 +11,44 @@
 //!   1,000,000-row backlog (this program re-runs itself as that process).
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use futures::SinkExt;
 use metersync::app::App;
 use metersync::config::Config;
+use metersync::demo::cluster::{as_pg_user, chown_pg, free_port, Cluster};
 use metersync::progress::NoProgress;
 use metersync::upload::{upload, UploadOptions, UploadReport};
 use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "bench-pw-8812";
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
+/// Bigger buffers and WAL than the test clusters: 1M-row runs.
+const BENCH_CONF: &str = "max_connections = 100\nshared_buffers = 128MB\nmax_wal_size = 2GB\n";
 
-fn as_pg_user(program: &Path) -> std::process::Command {
-    if is_root() {
-        let mut c = std::process::Command::new("runuser");
-        c.args(["-u", "postgres", "--"]).arg(program);
-        c
-    } else {
-        std::process::Command::new(program)
-    }
-}
+/// A throwaway cluster (the library's), stopped when dropped.
+struct BenchCluster(Cluster);
 
-fn run_ok(mut cmd: std::process::Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| what.to_string())?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(())
-}
-
-fn chown_pg(path: &Path) -> Result<()> {
-    if is_root() {
-        let mut c = std::process::Command::new("chown");
-        c.args(["-R", "postgres:postgres"]).arg(path);
-        run_ok(c, "chown")?;
-    }
-    Ok(())
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// A throwaway cluster, stopped when dropped.
-struct Cluster {
-    root: tempfile::TempDir,
-    bin: PathBuf,
-    port: u16,
-}
-
-impl Cluster {
+impl BenchCluster {
     fn start() -> Result<Self> {
-        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
-        let root = tempfile::Builder::new().prefix("bench-pg-").tempdir()?;
-        let data = root.path().join("data");
-        std::fs::write(root.path().join("pw"), PASSWORD)?;
-        chown_pg(root.path())?;
-        let mut init = as_pg_user(&bin.join("initdb"));
-        init.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "-A",
-            "scram-sha-256",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
-        init.arg(format!("--pwfile={}", root.path().join("pw").display()));
-        run_ok(init, "initdb")?;
-        let conf = "listen_addresses = '127.0.0.1'\nfsync = off\nfull_page_writes = off\nmax_connections = 100\nshared_buffers = 128MB\nmax_wal_size = 2GB\n";
-        let mut f = std::fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))?;
-        std::io::Write::write_all(&mut f, conf.as_bytes())?;
-        let port = free_port()?;
-        let mut start = as_pg_user(&bin.join("pg_ctl"));
-        start
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(root.path().join("log"))
-            .arg("-o")
-            .arg(format!("-p {port} -k {}", root.path().display()))
-            .args(["-w", "start"]);
-        run_ok(start, "pg_ctl start")?;
-        Ok(Cluster { root, bin, port })
+        Ok(BenchCluster(Cluster::start_with(PASSWORD, BENCH_CONF)?))
+    }
+
+    fn port(&self) -> u16 {
+        self.0.port
     }
 
     async fn client(&self) -> Result<tokio_postgres::Client> {
-        let (c, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(PASSWORD)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(conn);
-        Ok(c)
+        Ok(self.0.connect(PASSWORD).await?)
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        let mut c = as_pg_user(&self.bin.join("pg_ctl"));
-        c.arg("-D")
-            .arg(self.root.path().join("data"))
-            .args(["-m", "immediate", "stop"]);
-        let _ = c.output();
-    }
+fn run_ok(cmd: std::process::Command, what: &str) -> Result<()> {
+    Ok(metersync::demo::cluster::run_ok(cmd, what)?)
 }
 
 /// PgBouncer, transaction mode, in front of `target`.
@@ -143,7 +60,7 @@ struct Bouncer {
 impl Bouncer {
     fn start(target: u16) -> Result<Self> {
         let root = tempfile::Builder::new().prefix("bench-pgb-").tempdir()?;
-        let port = free_port()?;
+        let port = free_port();
         let d = root.path().display();
         std::fs::write(
             root.path().join("pgbouncer.ini"),
@@ -455,9 +372,9 @@ async fn main() -> Result<()> {
         "release"
     };
     println!("bench_upload: {rows} rows, batch {batch}, {profile} build");
-    let (local, remote) = (Cluster::start()?, Cluster::start()?);
-    let bouncer = Bouncer::start(remote.port)?;
-    let env = env_for(local.port, remote.port);
+    let (local, remote) = (BenchCluster::start()?, BenchCluster::start()?);
+    let bouncer = Bouncer::start(remote.port())?;
+    let env = env_for(local.port(), remote.port());
     let app = App::new(Config::from_vars(&env)?)?;
     metersync::migrate::migrate(&app.db).await?;
     app.db.close();
@@ -496,7 +413,7 @@ async fn main() -> Result<()> {
     rc.batch_execute("TRUNCATE meter_readings").await?;
     seed(&lc, rows).await?;
     let t = Instant::now();
-    let r = run_upload(&env_for(local.port, bouncer.port), batch).await?;
+    let r = run_upload(&env_for(local.port(), bouncer.port), batch).await?;
     let pgb = r.uploaded as f64 / t.elapsed().as_secs_f64();
     println!(
         "metersync upload (PgBouncer transaction mode): {} rows, {pgb:>9.0} rows/s",
@@ -505,13 +422,13 @@ async fn main() -> Result<()> {
 
     remote_paths(bouncer.port, rows as usize, batch).await?;
 
-    let counter = Counter::start(remote.port).await?;
+    let counter = Counter::start(remote.port()).await?;
     let mut per = Vec::new();
     for b in [1_000usize, 10_000] {
         rc.batch_execute("TRUNCATE meter_readings").await?;
         seed(&lc, 100_000).await?;
         let before = counter.turns.load(Ordering::Relaxed);
-        let r = run_upload(&env_for(local.port, counter.port), b).await?;
+        let r = run_upload(&env_for(local.port(), counter.port), b).await?;
         let turns = counter.turns.load(Ordering::Relaxed) - before;
         println!(
             "round trips, batch {b:>6}: {turns} in total for {} batches",

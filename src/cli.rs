@@ -234,13 +234,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::warn!("starting without the remote database: {e}");
                 }
             }
-            let shutdown = tokio_util::sync::CancellationToken::new();
-            let s = shutdown.clone();
-            tokio::spawn(async move {
-                metersync::daemon::shutdown_signal().await;
-                s.cancel();
-            });
-            metersync::daemon::run(app, shutdown).await;
+            metersync::daemon::run(app, cancel_on_signal()).await;
         }
         Command::Demo { serve } => demo(serve, cli.read_only).await?,
     }

@@ -69,6 +69,15 @@ pub enum ConfigError {
     DotEnv(String),
 }
 
+impl ConfigError {
+    /// Remote work asked for, but no remote database configured.
+    pub const NO_REMOTE: ConfigError = ConfigError::Missing {
+        var: "POSTGRES_CLIENT_HOST",
+        expects:
+            "the remote database's host (with POSTGRES_CLIENT_DB, _USER, _PASSWORD) for remote work",
+    };
+}
+
 /// How the remote connection uses TLS (`POSTGRES_CLIENT_SSLMODE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -399,10 +408,7 @@ impl Config {
 
     /// The remote database's settings, or an error naming what to set.
     pub fn remote(&self) -> Result<&DbConfig, ConfigError> {
-        self.remote.as_ref().ok_or(ConfigError::Missing {
-            var: "POSTGRES_CLIENT_HOST",
-            expects: "the remote database's host (with POSTGRES_CLIENT_DB, _USER, _PASSWORD) for remote work",
-        })
+        self.remote.as_ref().ok_or(ConfigError::NO_REMOTE)
     }
 
     /// One side's settings.

@@ -332,10 +332,10 @@ impl Databases {
     fn handle(&self, side: Side) -> Result<&Handle, DbError> {
         match side {
             Side::Local => Ok(&self.local),
-            Side::Remote => self.remote.as_ref().ok_or(DbError::Config(ConfigError::Missing {
-                var: "POSTGRES_CLIENT_HOST",
-                expects: "the remote database's host (with POSTGRES_CLIENT_DB, _USER, _PASSWORD) for remote work",
-            })),
+            Side::Remote => self
+                .remote
+                .as_ref()
+                .ok_or(DbError::Config(ConfigError::NO_REMOTE)),
         }
     }
 

@@ -117,9 +117,7 @@ pub async fn list_meters(
             points: r.get(6),
             active: r.get(7),
             health: r.get::<_, bool>(8).then(|| MeterHealth {
-                last_success_at: r
-                    .get::<_, Option<chrono::DateTime<chrono::Utc>>>(9)
-                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                last_success_at: crate::status::ts(r.get(9)),
                 last_error: r.get(10),
                 consecutive_failures: r.get(11),
             }),

@@ -87,9 +87,7 @@ pub async fn recent(db: &Databases, limit: i64) -> Result<Vec<serde_json::Value>
         )
         .await
         .map_err(|e| DbError::query(Side::Local, &e))?;
-    let ts = |t: Option<chrono::DateTime<chrono::Utc>>| {
-        t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-    };
+    let ts = crate::status::ts;
     Ok(rows
         .iter()
         .map(|r| {

@@ -79,7 +79,8 @@ pub struct SyncStatus {
     pub health: Health,
 }
 
-fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
+/// A database timestamp as the tools show it: RFC 3339, UTC, milliseconds.
+pub(crate) fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 

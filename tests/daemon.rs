@@ -30,6 +30,23 @@ where
     Ok(false)
 }
 
+/// Starts `metersync run` with `env`, stderr to a fresh test log; keep the
+/// returned working directory alive as long as the child.
+fn spawn_daemon(
+    env: &std::collections::HashMap<String, String>,
+    log_name: &str,
+) -> anyhow::Result<(tokio::process::Child, std::path::PathBuf, tempfile::TempDir)> {
+    let wd = workdir();
+    let (log, log_path) = log_file(log_name)?;
+    let child = metersync_cmd(env, wd.path())
+        .arg("run")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()?;
+    Ok((child, log_path, wd))
+}
+
 fn sigterm(child: &tokio::process::Child) {
     if let Some(pid) = child.id() {
         // SAFETY: kill(2) on our own child's pid.
@@ -75,14 +92,7 @@ async fn the_daemon_collects_through_an_outage_and_drains_after() -> anyhow::Res
     assert!(out.ok, "{}", out.stderr);
 
     w.remote.stop()?;
-    let wd = workdir();
-    let (log, log_path) = log_file("daemon-outage")?;
-    let mut child = metersync_cmd(&env, wd.path())
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()?;
+    let (mut child, log_path, _wd) = spawn_daemon(&env, "daemon-outage")?;
     let local = w.local.client().await?;
     // Collection goes on with the remote down: readings pile up locally.
     let piled = wait_for(20, || async {
@@ -155,14 +165,7 @@ async fn sigterm_mid_upload_loses_nothing() -> anyhow::Result<()> {
     env.insert("COLLECT_INTERVAL_S".into(), "3600".into());
     env.insert("DOWNLOAD_INTERVAL_S".into(), "3600".into());
     env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
-    let wd = workdir();
-    let (log, _) = log_file("daemon-sigterm")?;
-    let mut child = metersync_cmd(&env, wd.path())
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()?;
+    let (mut child, _log, _wd) = spawn_daemon(&env, "daemon-sigterm")?;
     let remote = w.remote.client().await?;
     let started = wait_for(30, || async {
         Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0)

@@ -112,6 +112,15 @@ impl Cluster {
     ///
     /// Fails when the binaries are missing or initdb / pg_ctl fail.
     pub fn start(password: &str) -> Result<Self, ClusterError> {
+        Self::start_with(password, "")
+    }
+
+    /// Like [`Cluster::start`], with `extra_conf` appended to
+    /// `postgresql.conf` after the defaults (a later setting wins), for
+    /// benchmarks that need bigger buffers.
+    ///
+    /// Fails as [`Cluster::start`] does.
+    pub fn start_with(password: &str, extra_conf: &str) -> Result<Self, ClusterError> {
         let bindir = pg_bindir()?;
         let root = tempfile::Builder::new().prefix("metersync-pg-").tempdir()?;
         let data = root.path().join("data");
@@ -141,6 +150,7 @@ impl Cluster {
             .append(true)
             .open(data.join("postgresql.conf"))?;
         std::io::Write::write_all(&mut f, conf.as_bytes())?;
+        std::io::Write::write_all(&mut f, extra_conf.as_bytes())?;
         let c = Cluster {
             root,
             bindir,
@@ -186,6 +196,27 @@ impl Cluster {
     pub fn restart(&self) -> Result<(), ClusterError> {
         let _ = self.stop();
         self.start_again()
+    }
+
+    /// A direct connection as `postgres` to database `postgres`.
+    ///
+    /// Fails when the server is down or refuses `password`.
+    pub async fn connect(
+        &self,
+        password: &str,
+    ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+        let (client, conn) = tokio_postgres::Config::new()
+            .host("127.0.0.1")
+            .port(self.port)
+            .user("postgres")
+            .password(password)
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
+            .await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(client)
     }
 
     /// The directory holding the data directory and logs.

@@ -68,24 +68,10 @@ impl PgCluster {
 
     /// A direct connection for setting up and checking, as `postgres`.
     pub async fn client(&self) -> Result<tokio_postgres::Client> {
-        self.client_db("postgres").await
-    }
-
-    /// A direct connection to database `db`.
-    pub async fn client_db(&self, db: &str) -> Result<tokio_postgres::Client> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(TEST_PASSWORD)
-            .dbname(db)
-            .connect(tokio_postgres::NoTls)
+        self.inner
+            .connect(TEST_PASSWORD)
             .await
-            .with_context(|| format!("connecting to test cluster on {}", self.port))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+            .with_context(|| format!("connecting to test cluster on {}", self.port))
     }
 
     /// The environment that points metersync's `side` ("SYNC" or "CLIENT") here.
