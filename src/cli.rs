@@ -28,8 +28,24 @@ pub struct Cli {
 enum Command {
     /// Serve MCP over stdio (the default).
     Serve,
-    /// Apply the database migrations (local, and remote when configured).
-    Migrate,
+    /// Apply the database migrations, each side on its own (local, and
+    /// remote when configured); prints both outcomes as JSON, exits non-zero
+    /// unless everything asked for is applied.
+    Migrate {
+        /// Only the local database.
+        #[arg(long, conflicts_with = "remote")]
+        local: bool,
+        /// Only the remote database.
+        #[arg(long)]
+        remote: bool,
+        /// Print the SQL (for a DBA) instead of connecting: the remote's
+        /// unless --local is given.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Verify the remote's tables, key columns and grants (no DDL); prints
+    /// each check as JSON, exits non-zero if one fails.
+    Check,
     /// Print both databases' connection status as JSON (one attempt, no retries).
     Status,
     /// Download the tenants in scope (SITE_ID) into the local copy; print the report as JSON.
@@ -101,9 +117,21 @@ fn load() -> anyhow::Result<Arc<App>> {
     App::new(config).context("setting up the database pools")
 }
 
+/// Prints `value` as JSON on stdout. A closed stdout (`metersync collect |
+/// head`) ends the process quietly with status 0, as other Unix tools do,
+/// instead of panicking as `println!` would.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
-    Ok(())
+    print_text(&format!("{}\n", serde_json::to_string_pretty(value)?))
+}
+
+fn print_text(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(anyhow::anyhow!("writing to stdout: {e}")),
+    }
 }
 
 async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
@@ -123,12 +151,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let read_only = cli.read_only || app.config.read_only;
             metersync::mcp::serve_stdio(app, read_only).await?;
         }
-        Command::Migrate => {
+        Command::Migrate {
+            local,
+            remote,
+            print,
+        } => {
+            use metersync::migrate::Sides;
+            if print {
+                let side = if local {
+                    metersync::config::Side::Local
+                } else {
+                    metersync::config::Side::Remote
+                };
+                return print_text(&metersync::migrate::script(side));
+            }
             let app = load()?;
-            app.db.initialize().await?;
-            let report = metersync::migrate::migrate(&app.db).await?;
-            print_json(&report)?;
+            let sides = match (local, remote) {
+                (true, _) => Sides::Local,
+                (_, true) => Sides::Remote,
+                _ => Sides::Both,
+            };
+            let outcome = metersync::migrate::migrate_sides(&app.db, sides).await;
             app.db.close();
+            print_json(&outcome)?;
+            if !outcome.ok {
+                anyhow::bail!("not every migration asked for was applied (see the JSON above)");
+            }
+        }
+        Command::Check => {
+            let app = load()?;
+            let report = metersync::migrate::check(&app.db).await;
+            app.db.close();
+            let report = report.map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&report)?;
+            if !report.ok {
+                anyhow::bail!(
+                    "the remote is missing something metersync needs (see the failed checks above)"
+                );
+            }
         }
         Command::Status => {
             let app = load()?;

@@ -5,17 +5,29 @@
 //! - the variable names and defaults are exactly the contract's
 //!   (`../shared/DESIGN.md`, copied into the README);
 //! - a missing or malformed variable is an error that names the variable and
-//!   says what it expects;
-//! - passwords live in [`Secret`], whose `Debug` and `Display` print
-//!   `***`, so no log line, error or tool result built from a `Config` can
-//!   carry one.
+//!   says what it expects; a bounded number's message is derived from its
+//!   bounds in [`BOUNDED`] (one table, no prose copy of the numbers);
+//! - every `POSTGRES_*`, `DB_*`, `BACNET_*` or `METERSYNC_*` name that is
+//!   not in [`VARIABLES`] is an error naming the closest known one, so a typo
+//!   (`POSTGRES_CLIENT_HOTS`) does not silently turn a setting off;
+//! - `.env` is read from the working directory only, by our own parser
+//!   ([`dotenv`]): a malformed line is reported by its number, never its
+//!   content, and nothing panics; the process environment is not modified;
+//! - passwords live in [`Secret`], whose `Debug`, `Display` and `Serialize`
+//!   print `***`, so no log line, error or tool result built from a `Config`
+//!   can carry one; no error quotes a password's value.
+
+pub mod dotenv;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::Path;
 use std::time::Duration;
 
-/// A password. Printing it, by `Debug` or `Display`, shows `***`.
+use serde::Serialize;
+
+/// A password. Printing it, by `Debug`, `Display` or `Serialize`, shows `***`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -43,6 +55,12 @@ impl fmt::Display for Secret {
     }
 }
 
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str("***")
+    }
+}
+
 /// A configuration problem, always naming the variable at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -64,6 +82,33 @@ pub enum ConfigError {
         /// What a valid value looks like.
         expects: &'static str,
     },
+    /// A bounded number outside its bounds (or not a number).
+    #[error("{var}={value:?} is not valid; it must be {unit} from {min} to {max}")]
+    OutOfRange {
+        /// The variable's name.
+        var: &'static str,
+        /// The value found.
+        value: String,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
+        max: u64,
+        /// What the number counts.
+        unit: Unit,
+    },
+    /// A name in metersync's prefixes that metersync does not know: a typo.
+    #[error("{var} ({origin}) is not a metersync variable; did you mean {closest}? (a misspelt name would otherwise be ignored)")]
+    Unknown {
+        /// The unknown name.
+        var: String,
+        /// Where it was set: the environment or a line of `./.env`.
+        origin: String,
+        /// The known variable closest to it (edit distance).
+        closest: &'static str,
+    },
+    /// A line of `./.env` cannot be parsed (its content is not repeated).
+    #[error("{0}")]
+    DotEnvLine(#[from] dotenv::LineError),
     /// The `.env` file exists but cannot be read.
     #[error("cannot read the .env file in the working directory: {0}")]
     DotEnv(String),
@@ -78,16 +123,224 @@ impl ConfigError {
     };
 }
 
-/// How the remote connection uses TLS (`POSTGRES_CLIENT_SSLMODE`).
+/// Every variable metersync reads. A name with one of [`CHECKED_PREFIXES`]
+/// that is not here is a startup error ([`ConfigError::Unknown`]).
+pub const VARIABLES: &[&str] = &[
+    "POSTGRES_SYNC_HOST",
+    "POSTGRES_SYNC_PORT",
+    "POSTGRES_SYNC_DB",
+    "POSTGRES_SYNC_USER",
+    "POSTGRES_SYNC_PASSWORD",
+    "POSTGRES_SYNC_SSLMODE",
+    "POSTGRES_SYNC_SSLROOTCERT",
+    "POSTGRES_CLIENT_HOST",
+    "POSTGRES_CLIENT_PORT",
+    "POSTGRES_CLIENT_DB",
+    "POSTGRES_CLIENT_USER",
+    "POSTGRES_CLIENT_PASSWORD",
+    "POSTGRES_CLIENT_SSLMODE",
+    "POSTGRES_CLIENT_SSLROOTCERT",
+    "DB_POOL_MAX",
+    "DB_POOL_IDLE_TIMEOUT_MS",
+    "DB_CONNECTION_TIMEOUT_MS",
+    "MAX_CONNECTION_RETRIES",
+    "SITE_ID",
+    "BACNET_BIND",
+    "BACNET_TIMEOUT_MS",
+    "BACNET_RETRIES",
+    "BACNET_BBMD",
+    "BACNET_BBMD_TTL_S",
+    "COLLECT_CONCURRENCY",
+    "UPLOAD_BATCH_SIZE",
+    "COLLECT_INTERVAL_S",
+    "UPLOAD_INTERVAL_S",
+    "DOWNLOAD_INTERVAL_S",
+    "METERSYNC_READ_ONLY",
+    "METRICS_BIND",
+    "BACKLOG_WARN_ROWS",
+    "BACKLOG_WARN_AGE_S",
+    "SYNC_RUNS_KEEP_DAYS",
+];
+
+/// Names in these prefixes must be in [`VARIABLES`] (or [`OTHER_KNOWN`]).
+pub const CHECKED_PREFIXES: &[&str] = &["POSTGRES_", "DB_", "BACNET_", "METERSYNC_"];
+
+/// Names in the checked prefixes that are not configuration but are known:
+/// `METERSYNC_BIN` tells the example MCP client which binary to start.
+pub const OTHER_KNOWN: &[&str] = &["METERSYNC_BIN"];
+
+/// What a bounded number counts; its error message says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// A plain count.
+    Count,
+    /// Milliseconds.
+    Millis,
+    /// Seconds.
+    Seconds,
+    /// Days.
+    Days,
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unit::Count => "a whole number",
+            Unit::Millis => "milliseconds, a whole number",
+            Unit::Seconds => "seconds, a whole number",
+            Unit::Days => "days, a whole number",
+        })
+    }
+}
+
+/// A whole-number setting: its name, default and bounds. The error message
+/// is derived from these, so the numbers are written once.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounded {
+    /// The variable.
+    pub var: &'static str,
+    /// The value when unset.
+    pub default: u64,
+    /// The smallest value allowed.
+    pub min: u64,
+    /// The largest value allowed.
+    pub max: u64,
+    /// What it counts.
+    pub unit: Unit,
+}
+
+const fn b(var: &'static str, default: u64, min: u64, max: u64, unit: Unit) -> Bounded {
+    Bounded {
+        var,
+        default,
+        min,
+        max,
+        unit,
+    }
+}
+
+/// `DB_POOL_MAX`.
+pub const DB_POOL_MAX: Bounded = b("DB_POOL_MAX", 10, 1, 1000, Unit::Count);
+/// `DB_POOL_IDLE_TIMEOUT_MS`.
+pub const DB_POOL_IDLE_TIMEOUT_MS: Bounded = b(
+    "DB_POOL_IDLE_TIMEOUT_MS",
+    30_000,
+    1,
+    86_400_000,
+    Unit::Millis,
+);
+/// `DB_CONNECTION_TIMEOUT_MS`.
+pub const DB_CONNECTION_TIMEOUT_MS: Bounded =
+    b("DB_CONNECTION_TIMEOUT_MS", 5_000, 1, 600_000, Unit::Millis);
+/// `MAX_CONNECTION_RETRIES`.
+pub const MAX_CONNECTION_RETRIES: Bounded = b("MAX_CONNECTION_RETRIES", 5, 0, 100, Unit::Count);
+/// `BACNET_TIMEOUT_MS`.
+pub const BACNET_TIMEOUT_MS: Bounded = b("BACNET_TIMEOUT_MS", 3_000, 1, 600_000, Unit::Millis);
+/// `BACNET_RETRIES`.
+pub const BACNET_RETRIES: Bounded = b("BACNET_RETRIES", 2, 0, 20, Unit::Count);
+/// `BACNET_BBMD_TTL_S`: the foreign-device registration's time to live.
+pub const BACNET_BBMD_TTL_S: Bounded = b("BACNET_BBMD_TTL_S", 300, 10, 65_535, Unit::Seconds);
+/// `COLLECT_CONCURRENCY`.
+pub const COLLECT_CONCURRENCY: Bounded = b("COLLECT_CONCURRENCY", 32, 1, 4096, Unit::Count);
+/// `UPLOAD_BATCH_SIZE`.
+pub const UPLOAD_BATCH_SIZE: Bounded = b("UPLOAD_BATCH_SIZE", 10_000, 1, 1_000_000, Unit::Count);
+/// `COLLECT_INTERVAL_S`.
+pub const COLLECT_INTERVAL_S: Bounded = b("COLLECT_INTERVAL_S", 60, 1, 86_400, Unit::Seconds);
+/// `UPLOAD_INTERVAL_S`.
+pub const UPLOAD_INTERVAL_S: Bounded = b("UPLOAD_INTERVAL_S", 60, 1, 86_400, Unit::Seconds);
+/// `DOWNLOAD_INTERVAL_S`.
+pub const DOWNLOAD_INTERVAL_S: Bounded = b("DOWNLOAD_INTERVAL_S", 900, 1, 86_400, Unit::Seconds);
+/// `BACKLOG_WARN_ROWS`.
+pub const BACKLOG_WARN_ROWS: Bounded = b(
+    "BACKLOG_WARN_ROWS",
+    1_000_000,
+    1,
+    1_000_000_000_000,
+    Unit::Count,
+);
+/// `BACKLOG_WARN_AGE_S`.
+pub const BACKLOG_WARN_AGE_S: Bounded =
+    b("BACKLOG_WARN_AGE_S", 86_400, 60, 31_536_000, Unit::Seconds);
+/// `SYNC_RUNS_KEEP_DAYS`.
+pub const SYNC_RUNS_KEEP_DAYS: Bounded = b("SYNC_RUNS_KEEP_DAYS", 30, 1, 3650, Unit::Days);
+
+/// Every bounded setting (for the README table and the tests).
+pub const BOUNDED: &[Bounded] = &[
+    DB_POOL_MAX,
+    DB_POOL_IDLE_TIMEOUT_MS,
+    DB_CONNECTION_TIMEOUT_MS,
+    MAX_CONNECTION_RETRIES,
+    BACNET_TIMEOUT_MS,
+    BACNET_RETRIES,
+    BACNET_BBMD_TTL_S,
+    COLLECT_CONCURRENCY,
+    UPLOAD_BATCH_SIZE,
+    COLLECT_INTERVAL_S,
+    UPLOAD_INTERVAL_S,
+    DOWNLOAD_INTERVAL_S,
+    BACKLOG_WARN_ROWS,
+    BACKLOG_WARN_AGE_S,
+    SYNC_RUNS_KEEP_DAYS,
+];
+
+impl Bounded {
+    /// The value in `vars`, or the default.
+    ///
+    /// Fails when it is not a whole number within the bounds.
+    pub fn read(&self, vars: &dyn Vars) -> Result<u64, ConfigError> {
+        let Some(v) = vars.get(self.var) else {
+            return Ok(self.default);
+        };
+        match v.trim().parse::<u64>() {
+            Ok(n) if (self.min..=self.max).contains(&n) => Ok(n),
+            _ => Err(ConfigError::OutOfRange {
+                var: self.var,
+                value: v,
+                min: self.min,
+                max: self.max,
+                unit: self.unit,
+            }),
+        }
+    }
+
+    /// The value as a duration in this setting's unit (a count is taken as
+    /// seconds).
+    ///
+    /// Fails as [`Bounded::read`] does.
+    pub fn duration(&self, vars: &dyn Vars) -> Result<Duration, ConfigError> {
+        let n = self.read(vars)?;
+        Ok(match self.unit {
+            Unit::Millis => Duration::from_millis(n),
+            Unit::Days => Duration::from_secs(n.saturating_mul(86_400)),
+            Unit::Seconds | Unit::Count => Duration::from_secs(n),
+        })
+    }
+
+    fn usize(&self, vars: &dyn Vars) -> Result<usize, ConfigError> {
+        // The bounds fit any usize metersync runs on.
+        Ok(usize::try_from(self.read(vars)?).unwrap_or(usize::MAX))
+    }
+
+    fn u32(&self, vars: &dyn Vars) -> Result<u32, ConfigError> {
+        Ok(u32::try_from(self.read(vars)?).unwrap_or(u32::MAX))
+    }
+}
+
+/// How a connection uses TLS (`POSTGRES_CLIENT_SSLMODE`,
+/// `POSTGRES_SYNC_SSLMODE`), with libpq's meanings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SslMode {
     /// Plain TCP.
     Disable,
-    /// TLS if the server offers it, plain otherwise; the certificate is not verified.
+    /// TLS if the server offers it, plain otherwise; the chain is verified
+    /// only when an SSLROOTCERT file is given (as libpq).
     Prefer,
-    /// TLS or nothing; the certificate is not verified (libpq's `require`).
+    /// TLS or nothing; the chain is verified only when an SSLROOTCERT file is
+    /// given, which then makes it `verify-ca` (as libpq).
     Require,
+    /// TLS, certificate chain verified (host name not checked).
+    VerifyCa,
     /// TLS, certificate chain and host name verified.
     VerifyFull,
 }
@@ -98,11 +351,12 @@ impl SslMode {
             "disable" => Ok(SslMode::Disable),
             "prefer" => Ok(SslMode::Prefer),
             "require" => Ok(SslMode::Require),
+            "verify-ca" => Ok(SslMode::VerifyCa),
             "verify-full" => Ok(SslMode::VerifyFull),
             _ => Err(ConfigError::Invalid {
                 var,
                 value: s.to_string(),
-                expects: "one of disable, prefer, require, verify-full",
+                expects: "one of disable, prefer, require, verify-ca, verify-full",
             }),
         }
     }
@@ -138,21 +392,23 @@ impl fmt::Display for Side {
 }
 
 /// Where one database is and how to log in.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DbConfig {
     /// Host name or IP address.
     pub host: String,
     /// TCP port.
     pub port: u16,
     /// Database name.
+    #[serde(rename = "database")]
     pub dbname: String,
     /// Role name.
     pub user: String,
-    /// Password, if the server asks for one.
+    /// Password, if the server asks for one (serialised as `***`).
     pub password: Option<Secret>,
-    /// TLS mode (always `Disable` for the local side).
+    /// TLS mode: `POSTGRES_{SYNC,CLIENT}_SSLMODE`.
     pub sslmode: SslMode,
-    /// PEM file with the CA certificates to trust for `verify-full`.
+    /// PEM file with the CA certificates to trust (`_SSLROOTCERT`): verifies
+    /// the chain for every mode but `disable`.
     pub sslrootcert: Option<String>,
 }
 
@@ -167,21 +423,38 @@ impl DbConfig {
     }
 }
 
+fn ms<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs())
+}
+
+fn days<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_secs() / 86_400)
+}
+
 /// Pool sizes, timeouts and the retry policy shared by both pools.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PoolConfig {
     /// `DB_POOL_MAX`: connections per pool.
+    #[serde(rename = "max")]
     pub max_size: usize,
     /// `DB_POOL_IDLE_TIMEOUT_MS`: an idle connection older than this is closed.
+    #[serde(rename = "idle_timeout_ms", serialize_with = "ms")]
     pub idle_timeout: Duration,
     /// `DB_CONNECTION_TIMEOUT_MS`: connect and checkout timeout.
+    #[serde(rename = "connection_timeout_ms", serialize_with = "ms")]
     pub connection_timeout: Duration,
     /// `MAX_CONNECTION_RETRIES`: retries after the first failed attempt.
+    #[serde(rename = "max_connection_retries")]
     pub max_retries: u32,
 }
 
-/// Everything metersync reads from its environment.
-#[derive(Debug, Clone)]
+/// Everything metersync reads from its environment. Serialising it gives
+/// the redacted JSON of [`Config::redacted_json`] (passwords as `***`).
+#[derive(Debug, Clone, Serialize)]
 pub struct Config {
     /// The local ("sync") database.
     pub local: DbConfig,
@@ -194,6 +467,7 @@ pub struct Config {
     /// `BACNET_BIND`: local UDP address for BACnet/IP.
     pub bacnet_bind: SocketAddr,
     /// `BACNET_TIMEOUT_MS`: how long to wait for one BACnet reply.
+    #[serde(rename = "bacnet_timeout_ms", serialize_with = "ms")]
     pub bacnet_timeout: Duration,
     /// `BACNET_RETRIES`: resends after a BACnet timeout.
     pub bacnet_retries: u32,
@@ -202,19 +476,43 @@ pub struct Config {
     /// `UPLOAD_BATCH_SIZE`: readings per remote transaction.
     pub upload_batch_size: usize,
     /// `COLLECT_INTERVAL_S`: daemon collection period.
+    #[serde(rename = "collect_interval_s", serialize_with = "secs")]
     pub collect_interval: Duration,
     /// `UPLOAD_INTERVAL_S`: daemon upload period.
+    #[serde(rename = "upload_interval_s", serialize_with = "secs")]
     pub upload_interval: Duration,
     /// `DOWNLOAD_INTERVAL_S`: daemon download period.
+    #[serde(rename = "download_interval_s", serialize_with = "secs")]
     pub download_interval: Duration,
     /// `METERSYNC_READ_ONLY`: serve only the tools that write nothing.
     pub read_only: bool,
+    /// `METRICS_BIND`: where `/health` and `/metrics` are served; unset = off.
+    pub metrics_bind: Option<SocketAddr>,
+    /// `BACNET_BBMD`: register as a foreign device with this BBMD (IPv4,
+    /// port default 47808); unset = no registration.
+    pub bacnet_bbmd: Option<SocketAddr>,
+    /// `BACNET_BBMD_TTL_S`: the registration's time to live.
+    #[serde(rename = "bacnet_bbmd_ttl_s", serialize_with = "secs")]
+    pub bacnet_bbmd_ttl: Duration,
+    /// `BACKLOG_WARN_ROWS`: warn when the local backlog holds more rows.
+    pub backlog_warn_rows: u64,
+    /// `BACKLOG_WARN_AGE_S`: warn when the oldest reading waiting is older.
+    #[serde(rename = "backlog_warn_age_s", serialize_with = "secs")]
+    pub backlog_warn_age: Duration,
+    /// `SYNC_RUNS_KEEP_DAYS`: `sync_runs` rows older than this are pruned.
+    #[serde(rename = "sync_runs_keep_days", serialize_with = "days")]
+    pub sync_runs_keep: Duration,
 }
 
 /// A source of variables: the process environment, or a map in tests.
 pub trait Vars {
     /// The value of `name`, if set (an empty value counts as unset).
     fn get(&self, name: &str) -> Option<String>;
+
+    /// Every name set, with where it was set (for the unknown-name check).
+    fn names(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
 }
 
 /// The process environment.
@@ -224,6 +522,17 @@ impl Vars for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {
         std::env::var(name).ok().filter(|v| !v.trim().is_empty())
     }
+
+    fn names(&self) -> Vec<(String, String)> {
+        std::env::vars_os()
+            .map(|(k, _)| {
+                (
+                    k.to_string_lossy().into_owned(),
+                    "in the environment".into(),
+                )
+            })
+            .collect()
+    }
 }
 
 impl Vars for HashMap<String, String> {
@@ -232,30 +541,101 @@ impl Vars for HashMap<String, String> {
             .cloned()
             .filter(|v| !v.trim().is_empty())
     }
+
+    fn names(&self) -> Vec<(String, String)> {
+        self.keys()
+            .map(|k| (k.clone(), "in the environment".into()))
+            .collect()
+    }
+}
+
+/// The environment over the `.env` file: a variable set in the environment
+/// wins over the file's.
+pub struct EnvAndFile<'a> {
+    /// The environment (or a map standing in for it).
+    pub env: &'a dyn Vars,
+    /// The `.env` file's variables.
+    pub file: HashMap<String, dotenv::Entry>,
+}
+
+impl Vars for EnvAndFile<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.env.get(name).or_else(|| {
+            self.file
+                .get(name)
+                .map(|e| e.value.clone())
+                .filter(|v| !v.trim().is_empty())
+        })
+    }
+
+    fn names(&self) -> Vec<(String, String)> {
+        let mut n = self.env.names();
+        n.extend(
+            self.file
+                .iter()
+                .map(|(k, e)| (k.clone(), format!("on line {} of ./.env", e.line))),
+        );
+        n
+    }
+}
+
+/// The known variable closest to `name` by edit distance.
+pub fn closest_known(name: &str) -> &'static str {
+    VARIABLES
+        .iter()
+        .min_by_key(|k| strsim::levenshtein(name, k))
+        .copied()
+        .unwrap_or("POSTGRES_SYNC_HOST")
+}
+
+/// Fails on the first name in [`CHECKED_PREFIXES`] that metersync does not know.
+fn check_names(vars: &dyn Vars) -> Result<(), ConfigError> {
+    let mut names = vars.names();
+    names.sort();
+    for (name, origin) in names {
+        let checked = CHECKED_PREFIXES.iter().any(|p| name.starts_with(p));
+        if checked && !VARIABLES.contains(&name.as_str()) && !OTHER_KNOWN.contains(&name.as_str()) {
+            return Err(ConfigError::Unknown {
+                closest: closest_known(&name),
+                var: name,
+                origin,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl Config {
-    /// Loads `.env` from the working directory (if present; variables already
-    /// in the environment win), then reads the environment.
+    /// Reads `./.env` (if present; variables already in the environment
+    /// win) and the environment. Only the working directory is searched.
     ///
-    /// Fails when `.env` is unreadable or a variable is missing or malformed.
+    /// Fails when `.env` is unreadable or malformed (naming the line, never
+    /// its content), or a variable is unknown, missing or malformed.
     pub fn load() -> Result<Self, ConfigError> {
-        match dotenvy::dotenv() {
-            Ok(_) => {}
-            Err(e) if e.not_found() => {}
-            Err(e) => return Err(ConfigError::DotEnv(e.to_string())),
-        }
-        Self::from_vars(&ProcessEnv)
+        Self::load_from(Path::new("."), &ProcessEnv)
+    }
+
+    /// Reads `dir/.env` (if present) under `env`.
+    ///
+    /// Fails as [`Config::load`] does.
+    pub fn load_from(dir: &Path, env: &dyn Vars) -> Result<Self, ConfigError> {
+        let file = match std::fs::read(dir.join(".env")) {
+            Ok(bytes) => dotenv::parse(&bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(ConfigError::DotEnv(e.kind().to_string())),
+        };
+        Self::from_vars(&EnvAndFile { env, file })
     }
 
     /// Reads the configuration from `vars`.
     ///
-    /// Fails with the first missing or malformed variable.
+    /// Fails with the first unknown, missing or malformed variable.
     pub fn from_vars(vars: &dyn Vars) -> Result<Self, ConfigError> {
+        check_names(vars)?;
+        let local_host = vars
+            .get("POSTGRES_SYNC_HOST")
+            .unwrap_or_else(|| "localhost".into());
         let local = DbConfig {
-            host: vars
-                .get("POSTGRES_SYNC_HOST")
-                .unwrap_or_else(|| "localhost".into()),
             port: parse_or(vars, "POSTGRES_SYNC_PORT", 5432u16, "a TCP port (1-65535)")?,
             dbname: vars
                 .get("POSTGRES_SYNC_DB")
@@ -264,36 +644,31 @@ impl Config {
                 .get("POSTGRES_SYNC_USER")
                 .unwrap_or_else(|| "postgres".into()),
             password: vars.get("POSTGRES_SYNC_PASSWORD").map(Secret),
-            sslmode: SslMode::Disable,
-            sslrootcert: None,
+            // libpq's default is `prefer`; on loopback TLS buys nothing.
+            sslmode: sslmode(vars, "POSTGRES_SYNC_SSLMODE", &local_host, SslMode::Prefer)?,
+            sslrootcert: vars.get("POSTGRES_SYNC_SSLROOTCERT"),
+            host: local_host,
         };
         let remote = match vars.get("POSTGRES_CLIENT_HOST") {
             None => None,
-            Some(host) => {
-                let sslmode = match vars.get("POSTGRES_CLIENT_SSLMODE") {
-                    Some(s) => SslMode::parse("POSTGRES_CLIENT_SSLMODE", &s)?,
-                    None if is_loopback(&host) => SslMode::Disable,
-                    None => SslMode::Require,
-                };
-                Some(DbConfig {
-                    port: parse_or(
-                        vars,
-                        "POSTGRES_CLIENT_PORT",
-                        5432u16,
-                        "a TCP port (1-65535)",
-                    )?,
-                    dbname: required(vars, "POSTGRES_CLIENT_DB", "the remote database's name")?,
-                    user: required(vars, "POSTGRES_CLIENT_USER", "the remote database's role")?,
-                    password: Some(Secret(required(
-                        vars,
-                        "POSTGRES_CLIENT_PASSWORD",
-                        "the remote role's password",
-                    )?)),
-                    sslmode,
-                    sslrootcert: vars.get("POSTGRES_CLIENT_SSLROOTCERT"),
-                    host,
-                })
-            }
+            Some(host) => Some(DbConfig {
+                port: parse_or(
+                    vars,
+                    "POSTGRES_CLIENT_PORT",
+                    5432u16,
+                    "a TCP port (1-65535)",
+                )?,
+                dbname: required(vars, "POSTGRES_CLIENT_DB", "the remote database's name")?,
+                user: required(vars, "POSTGRES_CLIENT_USER", "the remote database's role")?,
+                password: Some(Secret(required(
+                    vars,
+                    "POSTGRES_CLIENT_PASSWORD",
+                    "the remote role's password",
+                )?)),
+                sslmode: sslmode(vars, "POSTGRES_CLIENT_SSLMODE", &host, SslMode::Require)?,
+                sslrootcert: vars.get("POSTGRES_CLIENT_SSLROOTCERT"),
+                host,
+            }),
         };
         if let Some(r) = &remote {
             if r.sslmode == SslMode::VerifyFull && r.sslrootcert.is_none() {
@@ -301,38 +676,10 @@ impl Config {
             }
         }
         let pool = PoolConfig {
-            max_size: parse_range(
-                vars,
-                "DB_POOL_MAX",
-                10,
-                1,
-                1000,
-                "a whole number from 1 to 1000",
-            )?,
-            idle_timeout: Duration::from_millis(parse_range(
-                vars,
-                "DB_POOL_IDLE_TIMEOUT_MS",
-                30_000,
-                1,
-                86_400_000,
-                "milliseconds, from 1 to 86400000",
-            )?),
-            connection_timeout: Duration::from_millis(parse_range(
-                vars,
-                "DB_CONNECTION_TIMEOUT_MS",
-                5_000,
-                1,
-                600_000,
-                "milliseconds, from 1 to 600000",
-            )?),
-            max_retries: parse_range(
-                vars,
-                "MAX_CONNECTION_RETRIES",
-                5,
-                0,
-                100,
-                "a whole number from 0 to 100",
-            )?,
+            max_size: DB_POOL_MAX.usize(vars)?,
+            idle_timeout: DB_POOL_IDLE_TIMEOUT_MS.duration(vars)?,
+            connection_timeout: DB_CONNECTION_TIMEOUT_MS.duration(vars)?,
+            max_retries: MAX_CONNECTION_RETRIES.u32(vars)?,
         };
         let bacnet_bind = parse_or(
             vars,
@@ -346,63 +693,32 @@ impl Config {
             pool,
             site_id: vars.get("SITE_ID"),
             bacnet_bind,
-            bacnet_timeout: Duration::from_millis(parse_range(
-                vars,
-                "BACNET_TIMEOUT_MS",
-                3_000,
-                1,
-                600_000,
-                "milliseconds, from 1 to 600000",
-            )?),
-            bacnet_retries: parse_range(
-                vars,
-                "BACNET_RETRIES",
-                2,
-                0,
-                20,
-                "a whole number from 0 to 20",
-            )?,
-            collect_concurrency: parse_range(
-                vars,
-                "COLLECT_CONCURRENCY",
-                32,
-                1,
-                4096,
-                "a whole number from 1 to 4096",
-            )?,
-            upload_batch_size: parse_range(
-                vars,
-                "UPLOAD_BATCH_SIZE",
-                10_000,
-                1,
-                1_000_000,
-                "a whole number from 1 to 1000000",
-            )?,
-            collect_interval: Duration::from_secs(parse_range(
-                vars,
-                "COLLECT_INTERVAL_S",
-                60,
-                1,
-                86_400,
-                "seconds, from 1 to 86400",
-            )?),
-            upload_interval: Duration::from_secs(parse_range(
-                vars,
-                "UPLOAD_INTERVAL_S",
-                60,
-                1,
-                86_400,
-                "seconds, from 1 to 86400",
-            )?),
-            download_interval: Duration::from_secs(parse_range(
-                vars,
-                "DOWNLOAD_INTERVAL_S",
-                900,
-                1,
-                86_400,
-                "seconds, from 1 to 86400",
-            )?),
+            bacnet_timeout: BACNET_TIMEOUT_MS.duration(vars)?,
+            bacnet_retries: BACNET_RETRIES.u32(vars)?,
+            collect_concurrency: COLLECT_CONCURRENCY.usize(vars)?,
+            upload_batch_size: UPLOAD_BATCH_SIZE.usize(vars)?,
+            collect_interval: COLLECT_INTERVAL_S.duration(vars)?,
+            upload_interval: UPLOAD_INTERVAL_S.duration(vars)?,
+            download_interval: DOWNLOAD_INTERVAL_S.duration(vars)?,
             read_only: parse_bool(vars, "METERSYNC_READ_ONLY")?,
+            metrics_bind: vars
+                .get("METRICS_BIND")
+                .map(|v| {
+                    v.trim().parse().map_err(|_| ConfigError::Invalid {
+                        var: "METRICS_BIND",
+                        value: v,
+                        expects: "an IP address and TCP port such as 127.0.0.1:9187",
+                    })
+                })
+                .transpose()?,
+            bacnet_bbmd: vars
+                .get("BACNET_BBMD")
+                .map(|v| parse_bbmd(&v))
+                .transpose()?,
+            bacnet_bbmd_ttl: BACNET_BBMD_TTL_S.duration(vars)?,
+            backlog_warn_rows: BACKLOG_WARN_ROWS.read(vars)?,
+            backlog_warn_age: BACKLOG_WARN_AGE_S.duration(vars)?,
+            sync_runs_keep: SYNC_RUNS_KEEP_DAYS.duration(vars)?,
         })
     }
 
@@ -419,44 +735,10 @@ impl Config {
         }
     }
 
-    /// The configuration as JSON for people and assistants: passwords are
-    /// shown as `***` (or `null` when unset), never in clear.
+    /// The configuration as JSON for people and assistants, derived from the
+    /// struct: passwords are shown as `***` (or `null` when unset).
     pub fn redacted_json(&self) -> serde_json::Value {
-        fn db(d: &DbConfig) -> serde_json::Value {
-            serde_json::json!({
-                "host": d.host,
-                "port": d.port,
-                "database": d.dbname,
-                "user": d.user,
-                "password": d.password.as_ref().map(|_| "***"),
-                "sslmode": d.sslmode,
-                "sslrootcert": d.sslrootcert,
-            })
-        }
-        serde_json::json!({
-            "local": db(&self.local),
-            "remote": self.remote.as_ref().map(db),
-            "pool": {
-                "max": self.pool.max_size,
-                "idle_timeout_ms": self.pool.idle_timeout.as_millis() as u64,
-                "connection_timeout_ms": self.pool.connection_timeout.as_millis() as u64,
-                "max_connection_retries": self.pool.max_retries,
-            },
-            "site_id": self.site_id,
-            "bacnet": {
-                "bind": self.bacnet_bind.to_string(),
-                "timeout_ms": self.bacnet_timeout.as_millis() as u64,
-                "retries": self.bacnet_retries,
-            },
-            "collect_concurrency": self.collect_concurrency,
-            "upload_batch_size": self.upload_batch_size,
-            "intervals_s": {
-                "collect": self.collect_interval.as_secs(),
-                "upload": self.upload_interval.as_secs(),
-                "download": self.download_interval.as_secs(),
-            },
-            "read_only": self.read_only,
-        })
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -474,6 +756,34 @@ pub fn is_loopback(host: &str) -> bool {
             .map(|ip| ip.is_loopback())
             .unwrap_or(false)
         || h.starts_with('/')
+}
+
+/// `var`, or `disable` on loopback and `otherwise` elsewhere.
+fn sslmode(
+    vars: &dyn Vars,
+    var: &'static str,
+    host: &str,
+    otherwise: SslMode,
+) -> Result<SslMode, ConfigError> {
+    match vars.get(var) {
+        Some(s) => SslMode::parse(var, &s),
+        None if is_loopback(host) => Ok(SslMode::Disable),
+        None => Ok(otherwise),
+    }
+}
+
+fn parse_bbmd(v: &str) -> Result<SocketAddr, ConfigError> {
+    let t = v.trim();
+    let addr = t.parse::<SocketAddrV4>().ok().or_else(|| {
+        t.parse::<Ipv4Addr>()
+            .ok()
+            .map(|ip| SocketAddrV4::new(ip, 47808))
+    });
+    addr.map(SocketAddr::V4).ok_or_else(|| ConfigError::Invalid {
+        var: "BACNET_BBMD",
+        value: v.to_string(),
+        expects: "an IPv4 address with an optional UDP port (default 47808), such as 192.168.1.10:47808",
+    })
 }
 
 fn required(
@@ -498,28 +808,6 @@ fn parse_or<T: std::str::FromStr>(
             expects,
         }),
     }
-}
-
-fn parse_range<T>(
-    vars: &dyn Vars,
-    var: &'static str,
-    default: T,
-    min: T,
-    max: T,
-    expects: &'static str,
-) -> Result<T, ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + Copy,
-{
-    let v = parse_or(vars, var, default, expects)?;
-    if v < min || v > max {
-        return Err(ConfigError::Invalid {
-            var,
-            value: vars.get(var).unwrap_or_default(),
-            expects,
-        });
-    }
-    Ok(v)
 }
 
 fn parse_bool(vars: &dyn Vars, var: &'static str) -> Result<bool, ConfigError> {
@@ -645,5 +933,188 @@ mod tests {
             c.remote.unwrap().password.unwrap().expose(),
             "remote-s3cret"
         );
+    }
+
+    #[test]
+    fn second_round_variables_have_their_defaults_and_parse() {
+        let c = Config::from_vars(&vars(&[])).unwrap();
+        assert_eq!(c.metrics_bind, None);
+        assert_eq!(c.bacnet_bbmd, None);
+        assert_eq!(c.bacnet_bbmd_ttl, Duration::from_secs(300));
+        assert_eq!(c.backlog_warn_rows, 1_000_000);
+        assert_eq!(c.backlog_warn_age, Duration::from_secs(86_400));
+        assert_eq!(c.sync_runs_keep, Duration::from_secs(30 * 86_400));
+        assert_eq!(c.local.sslmode, SslMode::Disable);
+        let c = Config::from_vars(&vars(&[
+            ("METRICS_BIND", "127.0.0.1:9187"),
+            ("BACNET_BBMD", "192.168.1.10"),
+            ("BACNET_BBMD_TTL_S", "60"),
+            ("SYNC_RUNS_KEEP_DAYS", "7"),
+            ("POSTGRES_SYNC_HOST", "10.0.0.5"),
+        ]))
+        .unwrap();
+        assert_eq!(c.metrics_bind.unwrap().to_string(), "127.0.0.1:9187");
+        assert_eq!(c.bacnet_bbmd.unwrap().to_string(), "192.168.1.10:47808");
+        assert_eq!(c.bacnet_bbmd_ttl, Duration::from_secs(60));
+        assert_eq!(c.sync_runs_keep, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            c.local.sslmode,
+            SslMode::Prefer,
+            "libpq's default off loopback"
+        );
+        let c = Config::from_vars(&vars(&[("BACNET_BBMD", "192.168.1.10:47809")])).unwrap();
+        assert_eq!(c.bacnet_bbmd.unwrap().port(), 47809);
+        for (var, bad) in [
+            ("BACNET_BBMD", "bbmd.example.com"),
+            ("BACNET_BBMD", "[::1]:47808"),
+            ("BACNET_BBMD_TTL_S", "9"),
+            ("BACNET_BBMD_TTL_S", "65536"),
+            ("METRICS_BIND", "9187"),
+            ("POSTGRES_SYNC_SSLMODE", "allow"),
+            ("SYNC_RUNS_KEEP_DAYS", "0"),
+        ] {
+            let e = Config::from_vars(&vars(&[(var, bad)])).unwrap_err();
+            assert!(e.to_string().starts_with(var), "{e}");
+        }
+    }
+
+    #[test]
+    fn bounded_messages_derive_from_the_bounds() {
+        for s in BOUNDED {
+            let c = Config::from_vars(&vars(&[]));
+            assert!(c.is_ok());
+            assert_eq!(s.read(&vars(&[])).unwrap(), s.default, "{}", s.var);
+            assert!((s.min..=s.max).contains(&s.default), "{}", s.var);
+            for ok in [s.min, s.max] {
+                assert_eq!(s.read(&vars(&[(s.var, &ok.to_string())])).unwrap(), ok);
+            }
+            let mut bad = vec![s.max + 1];
+            if s.min > 0 {
+                bad.push(s.min - 1);
+            }
+            for b in bad {
+                let e = Config::from_vars(&vars(&[(s.var, &b.to_string())])).unwrap_err();
+                let text = e.to_string();
+                assert!(
+                    text.contains(&format!("from {} to {}", s.min, s.max)),
+                    "{text}"
+                );
+                assert!(text.starts_with(s.var), "{text}");
+            }
+        }
+        let e = Config::from_vars(&vars(&[("DB_POOL_MAX", "ten")])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "DB_POOL_MAX=\"ten\" is not valid; it must be a whole number from 1 to 1000"
+        );
+    }
+
+    /// Records every name `from_vars` asks for.
+    struct Recording(std::cell::RefCell<Vec<String>>);
+
+    impl Vars for Recording {
+        fn get(&self, name: &str) -> Option<String> {
+            self.0.borrow_mut().push(name.to_string());
+            match name {
+                "POSTGRES_CLIENT_HOST" => Some("h".into()),
+                "POSTGRES_CLIENT_DB" | "POSTGRES_CLIENT_USER" | "POSTGRES_CLIENT_PASSWORD" => {
+                    Some("x".into())
+                }
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_known_list_is_exactly_what_is_read() {
+        let r = Recording(Default::default());
+        Config::from_vars(&r).unwrap();
+        let mut read = r.0.into_inner();
+        read.sort();
+        read.dedup();
+        let mut known: Vec<String> = VARIABLES.iter().map(|s| s.to_string()).collect();
+        known.sort();
+        assert_eq!(read, known);
+    }
+
+    #[test]
+    fn unknown_names_are_errors_naming_the_closest() {
+        for (typo, closest) in [
+            ("POSTGRES_CLIENT_HOTS", "POSTGRES_CLIENT_HOST"),
+            ("POSTGRES_SYNC_PASSWROD", "POSTGRES_SYNC_PASSWORD"),
+            ("DB_POOL_SIZE", "DB_POOL_MAX"),
+            ("BACNET_TIMEOUT", "BACNET_TIMEOUT_MS"),
+            ("METERSYNC_READONLY", "METERSYNC_READ_ONLY"),
+        ] {
+            let e = Config::from_vars(&vars(&[(typo, "secret-value")])).unwrap_err();
+            assert_eq!(
+                e,
+                ConfigError::Unknown {
+                    var: typo.into(),
+                    origin: "in the environment".into(),
+                    closest
+                }
+            );
+            let text = e.to_string();
+            assert!(text.contains(typo) && text.contains(closest), "{text}");
+            assert!(!text.contains("secret-value"), "{text}");
+        }
+        // Other prefixes are not ours; METERSYNC_BIN is known.
+        Config::from_vars(&vars(&[
+            ("PGHOST", "x"),
+            ("METERSYNC_BIN", "/x"),
+            ("HOME", "/"),
+        ]))
+        .unwrap();
+    }
+
+    #[test]
+    fn dotenv_comes_from_the_directory_only_and_the_environment_wins() {
+        let parent = tempfile::tempdir().unwrap();
+        let child = parent.path().join("child");
+        std::fs::create_dir(&child).unwrap();
+        std::fs::write(parent.path().join(".env"), "POSTGRES_SYNC_DB=from_parent\n").unwrap();
+        let c = Config::load_from(&child, &vars(&[])).unwrap();
+        assert_eq!(c.local.dbname, "postgres", "no parent search");
+        std::fs::write(
+            child.join(".env"),
+            "POSTGRES_SYNC_DB=from_file\nPOSTGRES_SYNC_USER=file_user\n",
+        )
+        .unwrap();
+        let c = Config::load_from(&child, &vars(&[("POSTGRES_SYNC_USER", "env_user")])).unwrap();
+        assert_eq!(c.local.dbname, "from_file");
+        assert_eq!(c.local.user, "env_user");
+        std::fs::write(child.join(".env"), "A=1\nPOSTGRES_CLIENT_HOTS=h\n").unwrap();
+        let e = Config::load_from(&child, &vars(&[])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("POSTGRES_CLIENT_HOTS (on line 2 of ./.env)"),
+            "{e}"
+        );
+        std::fs::write(child.join(".env"), "A=1\nPOSTGRES_SYNC_PASSWORD=\"pw-Zq9\n").unwrap();
+        let e = Config::load_from(&child, &vars(&[])).unwrap_err();
+        assert!(e.to_string().starts_with("line 2 of ./.env: "), "{e}");
+        assert!(!e.to_string().contains("pw-Zq9"), "{e}");
+    }
+
+    #[test]
+    fn the_redacted_json_is_the_struct_with_secrets_starred() {
+        let v = vars(&[
+            ("POSTGRES_SYNC_PASSWORD", "local-s3cret"),
+            ("POSTGRES_CLIENT_HOST", "db.example.com"),
+            ("POSTGRES_CLIENT_DB", "d"),
+            ("POSTGRES_CLIENT_USER", "u"),
+            ("POSTGRES_CLIENT_PASSWORD", "remote-s3cret"),
+        ]);
+        let j = Config::from_vars(&v).unwrap().redacted_json();
+        assert_eq!(j["local"]["password"], "***");
+        assert_eq!(j["remote"]["password"], "***");
+        assert_eq!(j["remote"]["database"], "d");
+        assert_eq!(j["remote"]["sslmode"], "require");
+        assert_eq!(j["pool"]["idle_timeout_ms"], 30_000);
+        assert_eq!(j["sync_runs_keep_days"], 30);
+        assert_eq!(j["metrics_bind"], serde_json::Value::Null);
+        let j = Config::from_vars(&vars(&[])).unwrap().redacted_json();
+        assert_eq!(j["local"]["password"], serde_json::Value::Null);
     }
 }

@@ -30,9 +30,11 @@ use serde::Serialize;
 use tokio_postgres::NoTls;
 
 use crate::config::{Config, ConfigError, DbConfig, PoolConfig, Side, SslMode};
+use crate::fault::{self, ErrorClass};
 use crate::retry;
 
-/// A database problem, phrased for the person who has to fix it.
+/// A database problem, phrased for the person who has to fix it. Its
+/// [`DbError::class`] comes from [`crate::fault`], the one classification.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The side is not configured.
@@ -41,7 +43,7 @@ pub enum DbError {
     /// The TLS connector could not be built.
     #[error("{0}")]
     Tls(#[from] crate::tls::TlsError),
-    /// No connection could be made.
+    /// No connection could be made: transient failures outlasted the retry policy.
     #[error("could not connect to the {side} database at {endpoint} after {retries} retries: {cause}; {hint}")]
     Connect {
         /// Which database.
@@ -55,6 +57,21 @@ pub enum DbError {
         /// What to check.
         hint: String,
     },
+    /// The connection was refused for a reason retrying cannot fix (a
+    /// password, a database name, a certificate): not retried.
+    #[error("the {side} database at {endpoint} refused the connection: {cause}; {hint}")]
+    Refused {
+        /// Which database.
+        side: Side,
+        /// `host:port`.
+        endpoint: String,
+        /// The failure, as the driver or server put it.
+        cause: String,
+        /// Exactly what to change.
+        hint: String,
+        /// Operator, or bug.
+        class: ErrorClass,
+    },
     /// A statement failed.
     #[error("the {side} database reported an error: {cause}")]
     Query {
@@ -65,25 +82,63 @@ pub enum DbError {
         /// Whether retrying later may help.
         transient: bool,
     },
+    /// A statement failed for a reason a person must fix (a grant, a
+    /// missing table or column): not retried.
+    #[error("the {side} database reported an error: {cause}; {hint}")]
+    Rejected {
+        /// Which database.
+        side: Side,
+        /// The server's message (never the query text).
+        cause: String,
+        /// Exactly what to change.
+        hint: String,
+    },
 }
 
 impl DbError {
-    /// Builds a [`DbError::Query`] from a driver error.
+    /// Builds the error for a failed statement, classified by [`crate::fault`].
     pub fn query(side: Side, e: &tokio_postgres::Error) -> Self {
-        DbError::Query {
-            side,
-            cause: describe(e),
-            transient: is_transient(e),
+        let f = fault::postgres(side, fault::Phase::Statement, e);
+        match f.class {
+            ErrorClass::Operator => DbError::Rejected {
+                side,
+                cause: describe(e),
+                hint: f.hint,
+            },
+            class => DbError::Query {
+                side,
+                cause: describe(e),
+                transient: class == ErrorClass::Transient,
+            },
+        }
+    }
+
+    /// Transient, operator or bug (see [`crate::fault`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            DbError::Config(_) | DbError::Tls(_) | DbError::Rejected { .. } => ErrorClass::Operator,
+            DbError::Connect { .. } => ErrorClass::Transient,
+            DbError::Refused { class, .. } => *class,
+            DbError::Query {
+                transient: true, ..
+            } => ErrorClass::Transient,
+            DbError::Query { .. } => ErrorClass::Bug,
         }
     }
 
     /// Whether the same operation may succeed later without a change of
     /// configuration or data (a dropped connection, a restart, a timeout).
     pub fn is_transient(&self) -> bool {
+        self.class() == ErrorClass::Transient
+    }
+
+    /// What to change, when a person must change something.
+    pub fn hint(&self) -> Option<&str> {
         match self {
-            DbError::Config(_) | DbError::Tls(_) => false,
-            DbError::Connect { .. } => true,
-            DbError::Query { transient, .. } => *transient,
+            DbError::Connect { hint, .. }
+            | DbError::Refused { hint, .. }
+            | DbError::Rejected { hint, .. } => Some(hint),
+            _ => None,
         }
     }
 }
@@ -112,34 +167,23 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
     s
 }
 
-/// Whether a driver error is worth retrying: connection-level failures and
-/// the server's "cannot serve now" classes (08, 53, 57P, 40001, 40P01).
+/// Whether a driver error from a statement is worth retrying (see
+/// [`crate::fault`], which decides).
 pub fn is_transient(e: &tokio_postgres::Error) -> bool {
-    match e.code() {
-        None => {
-            e.is_closed() || std::error::Error::source(e).is_some() || e.as_db_error().is_none()
-        }
-        Some(code) => {
-            let c = code.code();
-            c.starts_with("08")
-                || c.starts_with("53")
-                || c.starts_with("57P")
-                || c == "40001"
-                || c == "40P01"
-        }
-    }
+    fault::postgres(Side::Local, fault::Phase::Statement, e).class == ErrorClass::Transient
 }
 
-fn pool_error_cause(e: &PoolError) -> (String, bool) {
-    match e {
-        PoolError::Backend(pg) => (describe(pg), is_transient(pg)),
-        PoolError::Timeout(kind) => (format!("timed out ({kind:?})"), true),
-        PoolError::Closed => (
-            "the pool is closed (metersync is shutting down)".into(),
-            false,
-        ),
-        other => (other.to_string(), false),
-    }
+/// The cause of a checkout failure, and whether retrying may help.
+fn pool_error_cause(side: Side, e: &PoolError) -> (String, bool) {
+    let f = fault::pool(side, e);
+    let retry = f.class == ErrorClass::Transient && !matches!(e, PoolError::Closed);
+    let cause = match e {
+        PoolError::Backend(pg) => describe(pg),
+        PoolError::Timeout(kind) => format!("timed out ({kind:?})"),
+        PoolError::Closed => "the pool is closed (metersync is shutting down)".into(),
+        other => other.to_string(),
+    };
+    (cause, retry)
 }
 
 /// Per-database state: its pool and the counters `status()` reports.
@@ -168,12 +212,29 @@ impl Handle {
         pg.ssl_mode(match cfg.sslmode {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
-            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => {
+                tokio_postgres::config::SslMode::Require
+            }
         });
         let mgr_cfg = ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         };
-        let manager = match crate::tls::connector(cfg)? {
+        if !crate::config::is_loopback(&cfg.host) {
+            match cfg.sslmode {
+                SslMode::Disable => tracing::warn!(
+                    %side, host = %cfg.host,
+                    "the {side} database is not on this machine and {p}_SSLMODE=disable: its password and data cross the network in clear text; set {p}_SSLMODE=require (or verify-full)",
+                    p = side.env_prefix()
+                ),
+                SslMode::Prefer => tracing::warn!(
+                    %side, host = %cfg.host,
+                    "the {side} database is not on this machine and {p}_SSLMODE=prefer falls back to clear text when the server offers no TLS; set {p}_SSLMODE=require (or verify-full)",
+                    p = side.env_prefix()
+                ),
+                _ => {}
+            }
+        }
+        let manager = match crate::tls::connector_for(cfg, side.env_prefix())? {
             Some(tls) => Manager::from_config(pg, tls, mgr_cfg),
             None => Manager::from_config(pg, NoTls, mgr_cfg),
         };
@@ -206,17 +267,6 @@ impl Handle {
         }
     }
 
-    fn hint(&self, cause: &str) -> String {
-        let p = self.side.env_prefix();
-        if cause.contains("SQLSTATE 28") {
-            format!("check {p}_USER and {p}_PASSWORD")
-        } else if cause.contains("SQLSTATE 3D000") {
-            format!("check {p}_DB")
-        } else {
-            format!("check {p}_HOST, {p}_PORT and the network")
-        }
-    }
-
     /// One checkout, with up to `max_retries` retries on transient failures.
     async fn checkout(&self, max_retries: u32, idle: Duration) -> Result<Object, DbError> {
         // Close connections idle for longer than DB_POOL_IDLE_TIMEOUT_MS.
@@ -224,9 +274,9 @@ impl Handle {
         let result = retry::retry(
             max_retries,
             || self.pool.get(),
-            |e| pool_error_cause(e).1,
+            |e| pool_error_cause(self.side, e).1,
             |attempt, e, next| {
-                let (cause, _) = pool_error_cause(e);
+                let (cause, _) = pool_error_cause(self.side, e);
                 match next {
                     Some(d) => {
                         self.retries.fetch_add(1, Ordering::Relaxed);
@@ -248,13 +298,23 @@ impl Handle {
         match result {
             Ok(obj) => Ok(obj),
             Err((e, retries)) => {
-                let (cause, _) = pool_error_cause(&e);
-                Err(DbError::Connect {
-                    side: self.side,
-                    endpoint: self.cfg.endpoint(),
-                    retries,
-                    hint: self.hint(&cause),
-                    cause,
+                let (cause, _) = pool_error_cause(self.side, &e);
+                let f = fault::pool(self.side, &e);
+                Err(match f.class {
+                    ErrorClass::Transient => DbError::Connect {
+                        side: self.side,
+                        endpoint: self.cfg.endpoint(),
+                        retries,
+                        hint: f.hint,
+                        cause,
+                    },
+                    class => DbError::Refused {
+                        side: self.side,
+                        endpoint: self.cfg.endpoint(),
+                        cause,
+                        hint: f.hint,
+                        class,
+                    },
                 })
             }
         }
@@ -386,6 +446,16 @@ impl Databases {
         let obj = h
             .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
             .await?;
+        h.set_last_error(None);
+        Ok(obj)
+    }
+
+    /// A connection to `side` after one attempt, no retries: for one-shot
+    /// commands (`migrate`, `check`) that report a side that is down within
+    /// `DB_CONNECTION_TIMEOUT_MS` rather than after the retry policy.
+    pub async fn get_once(&self, side: Side) -> Result<Object, DbError> {
+        let h = self.handle(side)?;
+        let obj = h.checkout(0, self.pool_cfg.idle_timeout).await?;
         h.set_last_error(None);
         Ok(obj)
     }

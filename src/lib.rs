@@ -11,6 +11,7 @@
 //!   passwords are [`config::Secret`]s that never print.
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
 //! - [`db`]: the connection manager, one pool per database, status report.
+//! - [`fault`]: the one error classification (transient / operator / bug).
 //! - [`tls`]: rustls connectors for `POSTGRES_CLIENT_SSLMODE`.
 //! - [`migrate`]: embedded migrations for both databases.
 //! - [`runs`]: the `sync_runs` journal every operation writes.
@@ -37,6 +38,7 @@ pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod download;
+pub mod fault;
 pub mod logging;
 pub mod mcp;
 pub mod meters;

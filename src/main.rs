@@ -4,7 +4,10 @@
 mod cli;
 
 fn main() -> std::process::ExitCode {
-    metersync::logging::init();
+    if let Err(e) = metersync::logging::try_init() {
+        eprintln!("error: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let args = <cli::Cli as clap::Parser>::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
