@@ -189,7 +189,7 @@ fn sqlstate(side: Side, phase: Phase, db: &tokio_postgres::error::DbError) -> Fa
         },
         "53300" => Fault::new(
             ErrorClass::Transient,
-            format!("the server has too many connections; metersync retries, or lower DB_POOL_MAX"),
+            "the server has too many connections; metersync retries, or lower DB_POOL_MAX".into(),
         ),
         "57014" => Fault::new(
             ErrorClass::Transient,
