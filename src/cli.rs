@@ -175,7 +175,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.db.close();
             print_json(&outcome)?;
             if !outcome.ok {
-                anyhow::bail!("not every migration asked for was applied (see the JSON above)");
+                let failed: Vec<String> = [("local", &outcome.local), ("remote", &outcome.remote)]
+                    .into_iter()
+                    .filter_map(|(side, o)| {
+                        let e = o.as_ref()?.error.as_ref()?;
+                        Some(format!("the {side} database was not migrated: {e}"))
+                    })
+                    .collect();
+                anyhow::bail!("{}", failed.join("; "));
             }
         }
         Command::Check => {
