@@ -15,7 +15,8 @@
 //!   content, and nothing panics; the process environment is not modified;
 //! - passwords live in [`Secret`], whose `Debug`, `Display` and `Serialize`
 //!   print `***`, so no log line, error or tool result built from a `Config`
-//!   can carry one; no error quotes a password's value.
+//!   can carry one; no error message repeats a value from the environment or
+//!   `.env` (a value in the wrong variable may be a password).
 
 pub mod dotenv;
 
@@ -72,22 +73,23 @@ pub enum ConfigError {
         /// What a valid value looks like.
         expects: &'static str,
     },
-    /// A variable is set to something that cannot be used.
-    #[error("{var}={value:?} is not valid; it must be {expects}")]
+    /// A variable is set to something that cannot be used. The message does
+    /// not repeat the value: a value in the wrong variable may be a password.
+    #[error("{var} is not valid; it must be {expects}")]
     Invalid {
         /// The variable's name.
         var: &'static str,
-        /// The value found (never a password: passwords are not validated).
+        /// The value found (kept for callers, never in the message).
         value: String,
         /// What a valid value looks like.
         expects: &'static str,
     },
     /// A bounded number outside its bounds (or not a number).
-    #[error("{var}={value:?} is not valid; it must be {unit} from {min} to {max}")]
+    #[error("{var} is not valid; it must be {unit} from {min} to {max}")]
     OutOfRange {
         /// The variable's name.
         var: &'static str,
-        /// The value found.
+        /// The value found (kept for callers, never in the message).
         value: String,
         /// The smallest value allowed.
         min: u64,
@@ -1005,8 +1007,18 @@ mod tests {
         let e = Config::from_vars(&vars(&[("DB_POOL_MAX", "ten")])).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "DB_POOL_MAX=\"ten\" is not valid; it must be a whole number from 1 to 1000"
+            "DB_POOL_MAX is not valid; it must be a whole number from 1 to 1000"
         );
+        // A value in the wrong variable may be a password: never repeated.
+        for var in [
+            "POSTGRES_SYNC_PORT",
+            "DB_POOL_MAX",
+            "METERSYNC_READ_ONLY",
+            "BACNET_BBMD",
+        ] {
+            let e = Config::from_vars(&vars(&[(var, "hunter2-secret")])).unwrap_err();
+            assert!(!e.to_string().contains("hunter2"), "{e}");
+        }
     }
 
     /// Records every name `from_vars` asks for.
