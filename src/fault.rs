@@ -110,7 +110,7 @@ pub fn postgres(side: Side, phase: Phase, e: &tokio_postgres::Error) -> Fault {
 
 fn network_hint(side: Side) -> String {
     let p = side.env_prefix();
-    format!("check {p}_HOST, {p}_PORT and the network; metersync retries on its own")
+    format!("check {p}_HOST, {p}_PORT and the network")
 }
 
 fn tls_hint(p: &str, e: &rustls::Error) -> String {
@@ -184,7 +184,7 @@ fn sqlstate(side: Side, phase: Phase, db: &tokio_postgres::error::DbError) -> Fa
             Some(f) => f(p),
             None => Fault::new(
                 ErrorClass::Transient,
-                format!("the pooler at {p}_HOST cannot reach its database server yet; metersync retries on its own"),
+                format!("the pooler at {p}_HOST cannot reach its database server yet; try again shortly"),
             ),
         },
         "53300" => Fault::new(

@@ -101,6 +101,33 @@ async fn malformed_env_lines_and_nuls_print_the_line_number_never_the_value() {
 }
 
 #[tokio::test]
+async fn a_malformed_environment_value_is_named_not_printed() {
+    let wd = workdir();
+    for var in [
+        "POSTGRES_SYNC_PORT",
+        "DB_POOL_MAX",
+        "METERSYNC_READ_ONLY",
+        "POSTGRES_SYNC_SSLMODE",
+    ] {
+        let mut e = env();
+        e.insert(var.into(), SECRET.into());
+        let r = run_in(wd.path(), &e, &["status"]).await;
+        assert_ne!(r.code, Some(0), "{var}");
+        assert!(
+            r.stderr.contains(&format!("{var} is not valid")),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains("Zq") && !r.stdout.contains("Zq"),
+            "{}",
+            r.stderr
+        );
+        assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+    }
+}
+
+#[tokio::test]
 async fn env_is_read_from_the_working_directory_only() {
     let parent = workdir();
     let child = parent.path().join("site");

@@ -46,6 +46,7 @@ async fn refused(cfg: &Config) -> (DbError, Duration, u64) {
 #[track_caller]
 fn assert_operator(e: &DbError, took: Duration, retries: u64, var: &str) {
     let text = e.to_string();
+    eprintln!("refused in {} ms: {text}", took.as_millis());
     assert_eq!(e.class(), ErrorClass::Operator, "{text}");
     assert!(!e.is_transient(), "{text}");
     assert!(matches!(e, DbError::Refused { .. }), "{e:?}");

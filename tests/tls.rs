@@ -66,6 +66,7 @@ fn assert_refused_at_once(r: (Result<(), DbError>, Duration, u64), var: &str) {
         Ok(()) => panic!("the connection was accepted"),
         Err(e) => e,
     };
+    eprintln!("refused in {} ms: {e}", took.as_millis());
     assert_eq!(e.class(), ErrorClass::Operator, "{e}");
     assert!(e.hint().unwrap_or("").contains(var), "{e}");
     assert!(!e.to_string().contains(TEST_PASSWORD));
