@@ -206,3 +206,22 @@ async fn a_remote_that_is_down_does_not_hold_the_local_migrations_back() -> anyh
         .contains("CREATE TABLE IF NOT EXISTS meter_readings"));
     Ok(())
 }
+
+#[tokio::test]
+async fn migrate_and_check_work_through_pgbouncer_in_transaction_mode() -> anyhow::Result<()> {
+    let local = PgCluster::start()?;
+    let remote = PgCluster::start()?;
+    let pgb = PgBouncer::start(&remote)?;
+    let mut env = base_env();
+    env.extend(local.env("SYNC"));
+    env.extend(pgb.env("CLIENT"));
+    for round in ["first", "again"] {
+        let out = run_cli(&env, &["migrate"], "migrate-pgb").await?;
+        assert!(out.ok, "{round}: {} {}", out.stdout, out.stderr);
+        assert_eq!(json(&out)["remote"]["status"], "applied");
+    }
+    let out = run_cli(&env, &["check"], "check-pgb").await?;
+    assert!(out.ok, "{} {}", out.stdout, out.stderr);
+    assert_eq!(json(&out)["ok"], true);
+    Ok(())
+}
