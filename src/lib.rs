@@ -12,7 +12,7 @@
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
 //! - [`db`]: the connection manager, one pool per database, status report.
 //! - [`fault`]: the one error classification (transient / operator / bug).
-//! - [`tls`]: rustls connectors for `POSTGRES_CLIENT_SSLMODE`.
+//! - [`tls`]: rustls connectors for both sides' `_SSLMODE` / `_SSLROOTCERT` (libpq semantics).
 //! - [`migrate`]: embedded migrations for both databases.
 //! - [`runs`]: the `sync_runs` journal every operation writes.
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
