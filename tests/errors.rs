@@ -205,6 +205,7 @@ async fn a_pooler_whose_server_is_down_is_transient_not_an_operator_error() -> a
         },
         Err(e) => e,
     };
+    eprintln!("with the server down: {e}");
     assert_eq!(e.class(), ErrorClass::Transient, "{e}");
     Ok(())
 }
