@@ -730,3 +730,37 @@ async fn a_stuck_remote_read_fails_the_download_within_its_deadline() -> Result<
     sim.shutdown().await;
     Ok(())
 }
+
+/// Issue 10 (download part): a link that freezes mid-read (no reset, no
+/// answer: a hung WAN path, here a proxy that stops forwarding once the
+/// download's transaction starts) fails the download by the client-side
+/// deadline instead of hanging it.
+#[tokio::test]
+async fn a_frozen_link_fails_the_download_by_the_client_deadline() -> Result<()> {
+    let w = World::start().await?;
+    let rc = w.remote.client().await?;
+    rc.execute(
+        "INSERT INTO tenants (id, site_id, name) VALUES (1, 's1', 't')",
+        &[],
+    )
+    .await?;
+    let proxy = freeze::FreezingProxy::start(w.remote.port, b"statement_timeout").await?;
+    let mut env = w.env.clone();
+    env.extend(env_for("CLIENT", proxy.port));
+    let started = std::time::Instant::now();
+    let deadline = metersync::download::REMOTE_READ_DEADLINE + metersync::download::CLIENT_GRACE;
+    let out = tokio::time::timeout(
+        deadline + Duration::from_secs(60),
+        run_cli(&env, &["download-tenants"], "isolation-frozen"),
+    )
+    .await
+    .context("download-tenants hung on a frozen link")??;
+    let took = started.elapsed();
+    assert!(proxy.is_frozen(), "the link froze mid-download");
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(out.stderr.contains("no answer within"), "{}", out.stderr);
+    assert!(took >= deadline, "failed early ({took:?}): {}", out.stderr);
+    let local = w.local.client().await?;
+    assert_eq!(count(&local, "SELECT count(*) FROM tenants").await?, 0);
+    Ok(())
+}
