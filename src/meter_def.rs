@@ -69,7 +69,7 @@ pub enum DefinitionError {
     #[error("device_instance {0} is not a BACnet device instance (0 to {MAX_CONFIGURED_INSTANCE}; 4194303 is the wildcard)")]
     Instance(i64),
     /// `address` refused by the address grammar.
-    #[error("bad address: {0}")]
+    #[error("bad address (host:port, the host an IPv4 address): {0}")]
     Address(#[from] bacnet::AddressError),
     /// `points` is not JSON at all (or nested too deep to read).
     #[error("bad points: not valid JSON ({0})")]
