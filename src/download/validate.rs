@@ -135,6 +135,148 @@ mod tests {
         }
     }
 
+    /// Issue 9's property: download and collect judge a meter with one
+    /// function, so over a corpus (a good meter varied one field at a time)
+    /// every meter the download accepts reaches the device read in collect
+    /// (never "misconfigured"), and every meter it refuses for its
+    /// definition, collect refuses with the same reason.
+    #[tokio::test]
+    async fn download_and_collect_agree_on_every_meter() {
+        use crate::bacnet::{BacnetConfig, UdpClient};
+        use crate::collect::{read_one, MeterRow};
+        let client = UdpClient::bind(BacnetConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            timeout: std::time::Duration::from_millis(5),
+            retries: 0,
+        })
+        .await
+        .unwrap();
+        let point = |name: &str, object: &str| serde_json::json!({"name": name, "object": object});
+        let mut points: Vec<serde_json::Value> = vec![
+            serde_json::json!([]),
+            serde_json::json!({}),
+            serde_json::json!([1]),
+            serde_json::json!([{"name": "e"}]),
+            serde_json::json!([{"object": "analog-input:1"}]),
+            serde_json::json!([{"name": "e", "object": "analog-input:1", "unit": "kWh"}]),
+            serde_json::json!([{"name": "e", "object": "analog-input:1", "property": "presnt-value"}]),
+            serde_json::json!([{"name": "e", "object": "analog-input:1", "property": 85}]),
+            serde_json::json!([{"name": "e", "object": "analog-input:1", "property": -1}]),
+            serde_json::json!([{"name": "e", "object": "analog-input:1", "property": "status-flags"}]),
+            serde_json::json!([point("e", "analog-input:1"), point("e", "analog-input:2")]),
+        ];
+        for name in [
+            "e",
+            &"n".repeat(64),
+            &"n".repeat(65),
+            "a.b-c_9",
+            "it's",
+            "q\"",
+            "energy_⚡",
+            "a\u{0}b",
+            "a b",
+            ".e",
+            "-e",
+            " e ",
+            "",
+            &"x".repeat(10_000),
+        ] {
+            points.push(serde_json::json!([point(name, "analog-input:1")]));
+        }
+        for object in [
+            "analog-input:1",
+            "analog-value:0",
+            "binary-input:1",
+            "binary-value:2",
+            "multi-state-input:3",
+            "multi-state-value:4",
+            "accumulator:1",
+            "integer-value:5",
+            "positive-integer-value:6",
+            "large-analog-value:7",
+            "ANALOG-INPUT:1",
+            "0:1",
+            "3:1",
+            "analog-output:1",
+            "device:1",
+            "pulse-converter:1",
+            "nope:1",
+            "analog-input",
+            "analog-input:4194302",
+            "analog-input:4194303",
+            "analog-input:x",
+        ] {
+            points.push(serde_json::json!([point("p", object)]));
+        }
+        let good_points = serde_json::json!([point("e", "analog-input:1")]).to_string();
+        let mut corpus: Vec<(i32, String, String)> = points
+            .iter()
+            .map(|p| (5, "127.0.0.1:9".to_string(), p.to_string()))
+            .collect();
+        corpus.push((
+            5,
+            "127.0.0.1:9".into(),
+            format!("{}{}", "[".repeat(200), "]".repeat(200)),
+        ));
+        for address in [
+            "127.0.0.1",
+            "127.0.0.1:9",
+            " 127.0.0.1:9 ",
+            "127.0.0.1:0",
+            "127.0.0.1:70000",
+            "meter-3.local:47809",
+            "[::1]:5000",
+            "::1",
+            "",
+            "127.0.0.1:x",
+            "1.2.3:4",
+        ] {
+            corpus.push((5, address.into(), good_points.clone()));
+        }
+        for instance in [0, 4_194_302, 4_194_303, -1, i32::MAX] {
+            corpus.push((instance, "127.0.0.1:9".into(), good_points.clone()));
+        }
+        let (mut accepted, mut refused) = (0, 0);
+        for (instance, address, points) in corpus {
+            let mut rec = meter(
+                Cell::Text("m".into()),
+                Cell::Int8(instance.into()),
+                &address,
+                &points,
+            );
+            rec.cells[8] = Cell::Timestamptz(chrono::Utc::now());
+            let download = check_row(Table::Meters, &rec);
+            let row = MeterRow {
+                id: 1,
+                device_instance: instance,
+                address: address.clone(),
+                points: points.clone(),
+            };
+            let collect = read_one(&client, &row).await.error.unwrap_or_default();
+            match download {
+                Ok(()) => {
+                    accepted += 1;
+                    assert!(
+                        !collect.starts_with("misconfigured"),
+                        "download accepted {address:?} {points}, collect said {collect}"
+                    );
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert_eq!(
+                        collect,
+                        format!("misconfigured: {e}"),
+                        "{address:?} {points}"
+                    );
+                }
+            }
+        }
+        assert!(
+            accepted >= 20 && refused >= 30,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
+
     #[test]
     fn rows_the_local_copy_cannot_hold_are_refused() {
         let p = r#"[{"name": "e", "object": "analog-input:1"}]"#;
