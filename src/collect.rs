@@ -447,7 +447,8 @@ pub async fn read_live(
 /// readings the database refused, with why.
 ///
 /// One statement stores every meter's readings. Should the database refuse
-/// it for a data reason (a value, a constraint or a trigger of one meter),
+/// it for a data reason ([`is_data_error`]: a value, a constraint or a
+/// trigger of one meter),
 /// the statement is rolled back to a savepoint and each meter's readings
 /// are stored under its own savepoint: a meter whose readings are refused
 /// fails alone (its health says why) and every other meter's are stored.
@@ -460,7 +461,7 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, S
     tx.batch_execute("SAVEPOINT readings").await.map_err(q)?;
     let written = match insert_readings(&tx, &all).await {
         Ok(n) => n,
-        Err(e) if e.as_db_error().is_none() => return Err(q(e)),
+        Err(e) if !is_data_error(&e) => return Err(q(e)),
         Err(e) => {
             tracing::warn!(
                 "storing the readings in one statement failed ({}); storing each meter's alone",
@@ -478,7 +479,7 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, S
                             .await
                             .map_err(q)?;
                     }
-                    Err(e) if e.as_db_error().is_none() => return Err(q(e)),
+                    Err(e) if !is_data_error(&e) => return Err(q(e)),
                     Err(e) => {
                         let why = format!(
                             "the local database refused meter {}'s readings: {}",
@@ -527,6 +528,17 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, S
     .map_err(q)?;
     tx.commit().await.map_err(q)?;
     Ok((written, refused))
+}
+
+/// Whether the database refused the statement for the data it carried
+/// (SQLSTATE class 22 data exception, 23 constraint, 54 limit exceeded such
+/// as an over-long index row, P0 a trigger's RAISE): what one meter's
+/// readings can cause. Anything else (connection, resources, permissions,
+/// a missing table) is the database's state, fails the whole write, and
+/// loses nothing: the caller keeps the readings.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c.code().get(..2), Some("22" | "23" | "54" | "P0")))
 }
 
 /// Inserts the readings of `meters` in one statement, idempotently.
