@@ -233,6 +233,12 @@ pub(crate) fn triage<R: Source>(
         let digest = r.digest(table);
         let unchanged = known.as_ref().is_some_and(|l| l.digest == Some(digest));
         let Some(record) = p.check(table, &mut instances, &r, !unchanged) else {
+            // Skipped, but switched off remotely: a bad row must not keep
+            // an active local copy collecting, so it is still deactivated.
+            if let Some(l) = known.as_ref().filter(|l| l.active && !r.active(table)) {
+                p.deactivate.push(l.id);
+                p.change(l.id, ChangeAction::Deactivate, vec!["active".into()]);
+            }
             continue;
         };
         match known {
@@ -515,6 +521,17 @@ mod tests {
         }
         assert_eq!((p.inserted, p.unchanged, p.deactivated), (1, 1, 0));
         assert!(p.deactivate.is_empty(), "a skipped row is not deactivated");
+        Ok(())
+    }
+
+    #[test]
+    fn a_bad_row_switched_off_remotely_is_still_deactivated() -> Result<(), String> {
+        let remote = vec![meter(6, 6, "no address", false)];
+        let local = vec![meter(6, 6, "10.0.0.6", true)];
+        let p = plan(Table::Meters, remote, local)?;
+        assert_eq!(p.skipped.len(), 1, "{:?}", p.skipped);
+        assert_eq!(p.deactivate, vec![6]);
+        assert_eq!(p.deactivated, 1);
         Ok(())
     }
 

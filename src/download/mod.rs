@@ -37,7 +37,8 @@
 //!   could not hold (a NULL in a `NOT NULL` column, a text over
 //!   [`validate::MAX_TEXT_LEN`]) or that is not a usable
 //!   [`crate::meter_def::MeterDefinition`] is skipped, leaving its local
-//!   copy as it was, and named with its id and reason in the result, the
+//!   copy as it was (but a row switched off remotely still deactivates an
+//!   active local copy, so a bad row never keeps a meter collecting), and named with its id and reason in the result, the
 //!   log, and the run's `sync_runs` counts (`skipped_rows`, shown by
 //!   `sync_status`); the other rows apply. The remote columns are read
 //!   through casts that cannot fail on a value (`device_instance::int8`,
