@@ -472,6 +472,18 @@ async fn hostile_remote_rows_are_named_and_every_good_row_flows() -> Result<()> 
         count(&local, "SELECT count(*) FROM meter_readings").await?,
         0
     );
+
+    // A good meter switched off remotely with a bad edit at the same time:
+    // skipped and named, and still switched off locally.
+    rc.batch_execute("UPDATE meters SET active = false, address = NULL WHERE id = 4")
+        .await?;
+    let m = cli(&env, &["download-meters"]).await?;
+    assert!(reason(&m, 4).contains("address is NULL"), "{m}");
+    assert_eq!(m["deactivated"], 1, "{m}");
+    assert_eq!(
+        count(&local, "SELECT count(*) FROM meters WHERE active").await?,
+        good.len() as i64 - 1
+    );
     sim.shutdown().await;
     Ok(())
 }
