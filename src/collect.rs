@@ -14,7 +14,12 @@
 //!   reliability is not no-fault-detected, is reported and not stored;
 //! - each meter's health (last success, last error, consecutive failures)
 //!   is updated in the same transaction as the readings;
-//! - a malformed `points` or `address` on one meter fails that meter only.
+//! - one meter's bad data fails that meter only: its stored definition is
+//!   checked against the one meter definition ([`MeterDefinition`]: point
+//!   names short enough for the readings index, readable object types...)
+//!   before it is read, and should the database still refuse its readings,
+//!   they are retried meter by meter under savepoints so the others' are
+//!   stored (see `store`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -29,6 +34,7 @@ use crate::app::App;
 use crate::bacnet::{self, BacnetClient};
 use crate::config::Side;
 use crate::db::DbError;
+use crate::meter_def::MeterDefinition;
 use crate::progress::Progress;
 use crate::runs::{self, RunStatus};
 
@@ -105,7 +111,9 @@ pub enum CollectError {
     Bacnet(#[from] bacnet::BacnetError),
 }
 
-/// A meter row from the local table.
+/// A meter row from the local table, as stored: checked against the one
+/// meter definition ([`MeterDefinition`]) when it is read, so a bad row
+/// fails its own meter only.
 #[derive(Debug, Clone)]
 pub struct MeterRow {
     /// Id.
@@ -114,8 +122,9 @@ pub struct MeterRow {
     pub device_instance: i32,
     /// `host:port`.
     pub address: String,
-    /// Points JSON.
-    pub points: serde_json::Value,
+    /// The points JSON, as text (a document too deep for a JSON parser
+    /// must fail its meter, not the load of every meter).
+    pub points: String,
 }
 
 /// One meter's outcome.
@@ -141,7 +150,7 @@ pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>
     let c = app.db.local().await?;
     let rows = c
         .query(
-            "SELECT m.id, m.device_instance, m.address, m.points
+            "SELECT m.id, m.device_instance, m.address, m.points::text
              FROM meters m LEFT JOIN meter_health h ON h.meter_id = m.id
              WHERE m.active AND ($1::bigint[] IS NULL OR m.id = ANY($1))
              ORDER BY coalesce(h.consecutive_failures, 0) > 0 DESC, m.id",
@@ -151,13 +160,16 @@ pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>
         .map_err(|e| DbError::query(Side::Local, &e))?;
     let meters: Vec<MeterRow> = rows
         .iter()
-        .map(|r| MeterRow {
-            id: r.get(0),
-            device_instance: r.get(1),
-            address: r.get(2),
-            points: r.get(3),
+        .map(|r| {
+            Ok(MeterRow {
+                id: r.try_get(0)?,
+                device_instance: r.try_get(1)?,
+                address: r.try_get(2)?,
+                points: r.try_get(3)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| DbError::query(Side::Local, &e))?;
     if let Some(ids) = ids {
         let missing: Vec<String> = ids
             .iter()
@@ -182,25 +194,14 @@ pub async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
         problems: Vec::new(),
         error: None,
     };
-    let specs = match bacnet::parse_points(&m.points) {
-        Ok(s) => s,
+    let def = match MeterDefinition::parse_text(m.device_instance.into(), &m.address, &m.points) {
+        Ok(d) => d,
         Err(e) => {
-            out.error = Some(format!("bad points configuration: {e}"));
+            out.error = Some(format!("misconfigured: {e}"));
             return out;
         }
     };
-    let addr = match bacnet::parse_address(&m.address) {
-        Ok(a) => a,
-        Err(e) => {
-            out.error = Some(format!("bad address: {e}"));
-            return out;
-        }
-    };
-    let Ok(instance) = u32::try_from(m.device_instance) else {
-        out.error = Some(format!("bad device_instance {}", m.device_instance));
-        return out;
-    };
-    match bacnet::read_meter(client, bacnet::Device { addr, instance }, &specs).await {
+    match bacnet::read_meter(client, def.device(), &def.points).await {
         Err(e) => out.error = Some(e.to_string()),
         Ok(points) => {
             for p in points {
@@ -296,14 +297,24 @@ pub async fn collect(
     }
     report.failures.sort_by_key(|f| f.meter_id);
     let write = if opts.dry_run {
-        Ok(0)
+        Ok((0, Vec::new()))
     } else {
         store(app, &outcomes).await
     };
     report.duration_ms = started.elapsed().as_millis() as u64;
     match write {
-        Ok(n) => {
+        Ok((n, refused)) => {
             report.readings_written = n;
+            for (meter_id, error) in refused {
+                report.meters_read = report.meters_read.saturating_sub(1);
+                report.meters_failed += 1;
+                if report.failures.len() < LIST_CAP {
+                    report.failures.push(MeterFailure { meter_id, error });
+                } else {
+                    report.failures_omitted += 1;
+                }
+            }
+            report.failures.sort_by_key(|f| f.meter_id);
             let counts = serde_json::to_value(&report).unwrap_or_default();
             let status = if cancelled {
                 RunStatus::Cancelled
@@ -392,27 +403,29 @@ pub async fn read_live(
 ) -> Result<LiveRead, ReadError> {
     let started = Instant::now();
     let c = app.db.local().await?;
+    let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let row = c
         .query_opt(
-            "SELECT name, device_instance, address, points FROM meters WHERE id = $1",
+            "SELECT name, device_instance, address, points::text FROM meters WHERE id = $1",
             &[&meter_id],
         )
         .await
-        .map_err(|e| DbError::query(Side::Local, &e))?
+        .map_err(q)?
         .ok_or(ReadError::UnknownMeter(meter_id))?;
     drop(c);
-    let (name, device_instance, address, points): (String, i32, String, serde_json::Value) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-    let cfg = |error: String| ReadError::Config {
-        id: meter_id,
-        error,
-    };
-    let specs = bacnet::parse_points(&points).map_err(|e| cfg(format!("bad points: {e}")))?;
-    let addr = bacnet::parse_address(&address).map_err(|e| cfg(format!("bad address: {e}")))?;
-    let instance = u32::try_from(device_instance)
-        .map_err(|_| cfg(format!("bad device_instance {device_instance}")))?;
+    let name: String = row.try_get(0).map_err(q)?;
+    let device_instance: i32 = row.try_get(1).map_err(q)?;
+    let address: String = row.try_get(2).map_err(q)?;
+    let points: String = row.try_get(3).map_err(q)?;
+    let def =
+        MeterDefinition::parse_text(device_instance.into(), &address, &points).map_err(|e| {
+            ReadError::Config {
+                id: meter_id,
+                error: e.to_string(),
+            }
+        })?;
     let read_at = Utc::now();
-    let points = bacnet::read_meter(client, bacnet::Device { addr, instance }, &specs)
+    let points = bacnet::read_meter(client, def.device(), &def.points)
         .await
         .map_err(|source| ReadError::Bacnet {
             id: meter_id,
@@ -430,42 +443,74 @@ pub async fn read_live(
 }
 
 /// Writes the readings and the health of every meter in one transaction;
-/// returns the number of readings newly stored.
-async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<u64, DbError> {
+/// returns the number of readings newly stored and the meters whose
+/// readings the database refused, with why.
+///
+/// One statement stores every meter's readings. Should the database refuse
+/// it for a data reason ([`is_data_error`]: a value, a constraint or a
+/// trigger of one meter),
+/// the statement is rolled back to a savepoint and each meter's readings
+/// are stored under its own savepoint: a meter whose readings are refused
+/// fails alone (its health says why) and every other meter's are stored.
+async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, String)>), DbError> {
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
-    let mut ids = Vec::new();
-    let mut points = Vec::new();
-    let mut times = Vec::new();
-    let mut values = Vec::new();
-    let mut units: Vec<Option<String>> = Vec::new();
-    for o in outcomes {
-        for (p, v, u) in &o.readings {
-            ids.push(o.meter_id);
-            points.push(p.as_str());
-            times.push(o.recorded_at);
-            values.push(*v);
-            units.push(u.clone());
-        }
-    }
-    let h_ids: Vec<i64> = outcomes.iter().map(|o| o.meter_id).collect();
-    let h_errors: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
     let mut c = app.db.local().await?;
     let tx = c.transaction().await.map_err(q)?;
-    let written = tx
-        .execute_typed(
-            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[])
-             ON CONFLICT (meter_id, point, recorded_at) DO NOTHING",
-            &[
-                (&ids, Type::INT8_ARRAY),
-                (&points, Type::TEXT_ARRAY),
-                (&times, Type::TIMESTAMPTZ_ARRAY),
-                (&values, Type::FLOAT8_ARRAY),
-                (&units, Type::TEXT_ARRAY),
-            ],
-        )
+    let mut refused: Vec<(i64, String)> = Vec::new();
+    let all: Vec<&MeterOutcome> = outcomes.iter().filter(|o| !o.readings.is_empty()).collect();
+    tx.batch_execute("SAVEPOINT readings").await.map_err(q)?;
+    let written = match insert_readings(&tx, &all).await {
+        Ok(n) => n,
+        Err(e) if !is_data_error(&e) => return Err(q(e)),
+        Err(e) => {
+            tracing::warn!(
+                "storing the readings in one statement failed ({}); storing each meter's alone",
+                crate::db::describe(&e)
+            );
+            tx.batch_execute("ROLLBACK TO SAVEPOINT readings")
+                .await
+                .map_err(q)?;
+            let mut n = 0;
+            for o in &all {
+                match insert_readings(&tx, &[o]).await {
+                    Ok(k) => {
+                        n += k;
+                        tx.batch_execute("RELEASE SAVEPOINT readings; SAVEPOINT readings")
+                            .await
+                            .map_err(q)?;
+                    }
+                    Err(e) if !is_data_error(&e) => return Err(q(e)),
+                    Err(e) => {
+                        let why = format!(
+                            "the local database refused meter {}'s readings: {}",
+                            o.meter_id,
+                            crate::db::describe(&e)
+                        );
+                        tracing::warn!(meter_id = o.meter_id, "{why}");
+                        refused.push((o.meter_id, why));
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT readings")
+                            .await
+                            .map_err(q)?;
+                    }
+                }
+            }
+            n
+        }
+    };
+    tx.batch_execute("RELEASE SAVEPOINT readings")
         .await
         .map_err(q)?;
+    let h_ids: Vec<i64> = outcomes.iter().map(|o| o.meter_id).collect();
+    let h_errors: Vec<Option<String>> = outcomes
+        .iter()
+        .map(|o| {
+            refused
+                .iter()
+                .find(|(id, _)| *id == o.meter_id)
+                .map(|(_, e)| e.clone())
+                .or_else(|| o.error.clone())
+        })
+        .collect();
     tx.execute_typed(
         "INSERT INTO meter_health AS h (meter_id, last_success_at, last_error, last_error_at, consecutive_failures)
          SELECT id, CASE WHEN err IS NULL THEN now() END, err, CASE WHEN err IS NOT NULL THEN now() END,
@@ -482,5 +527,53 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<u64, DbError> {
     .await
     .map_err(q)?;
     tx.commit().await.map_err(q)?;
-    Ok(written)
+    Ok((written, refused))
+}
+
+/// Whether the database refused the statement for the data it carried
+/// (SQLSTATE class 22 data exception, 23 constraint, 54 limit exceeded such
+/// as an over-long index row, P0 a trigger's RAISE): what one meter's
+/// readings can cause. Anything else (connection, resources, permissions,
+/// a missing table) is the database's state, fails the whole write, and
+/// loses nothing: the caller keeps the readings.
+fn is_data_error(e: &tokio_postgres::Error) -> bool {
+    e.code()
+        .is_some_and(|c| matches!(c.code().get(..2), Some("22" | "23" | "54" | "P0")))
+}
+
+/// Inserts the readings of `meters` in one statement, idempotently.
+async fn insert_readings(
+    tx: &tokio_postgres::Transaction<'_>,
+    meters: &[&MeterOutcome],
+) -> Result<u64, tokio_postgres::Error> {
+    let mut ids = Vec::new();
+    let mut points = Vec::new();
+    let mut times = Vec::new();
+    let mut values = Vec::new();
+    let mut units: Vec<Option<&str>> = Vec::new();
+    for o in meters {
+        for (p, v, u) in &o.readings {
+            ids.push(o.meter_id);
+            points.push(p.as_str());
+            times.push(o.recorded_at);
+            values.push(*v);
+            units.push(u.as_deref());
+        }
+    }
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    tx.execute_typed(
+        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::float8[], $5::text[])
+         ON CONFLICT (meter_id, point, recorded_at) DO NOTHING",
+        &[
+            (&ids, Type::INT8_ARRAY),
+            (&points, Type::TEXT_ARRAY),
+            (&times, Type::TIMESTAMPTZ_ARRAY),
+            (&values, Type::FLOAT8_ARRAY),
+            (&units, Type::TEXT_ARRAY),
+        ],
+    )
+    .await
 }

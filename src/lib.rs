@@ -18,6 +18,8 @@
 //! - [`status`]: `sync_status` (backlog, last runs, meter health).
 //! - [`progress`]: how engines report progress without knowing to whom.
 //! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator).
+//! - [`meter_def`]: the one meter definition (instance, address, points and
+//!   their limits) that download, collect, `read_meter` and `list_meters` share.
 //! - [`collect`]: meters -> local readings (`collect_meters`, `read_meter`).
 //! - [`upload`]: local readings -> remote, exactly once (`upload_readings`).
 //! - [`download`]: remote tenants and meters -> local (`download_*`).
@@ -41,6 +43,7 @@ pub mod download;
 pub mod fault;
 pub mod logging;
 pub mod mcp;
+pub mod meter_def;
 pub mod meters;
 pub mod migrate;
 pub mod progress;

@@ -1,11 +1,14 @@
 //! The local meter list (`list_meters`): meters with their points and
 //! health, paged by id so a site with thousands of meters never floods an
-//! assistant's context.
+//! assistant's context. Each meter is judged by the one meter definition
+//! ([`MeterDefinition`]): a stored row the collector could not read is listed
+//! with its `config_error`, never a failure of the listing.
 
 use serde::Serialize;
 
 use crate::config::Side;
 use crate::db::{Databases, DbError};
+use crate::meter_def::{DefinitionError, MeterDefinition};
 
 /// The largest page `list_meters` returns.
 pub const MAX_LIMIT: i64 = 500;
@@ -52,8 +55,13 @@ pub struct MeterInfo {
     pub device_instance: i32,
     /// BACnet/IP `host:port`.
     pub address: String,
-    /// Configured points: `[{"name", "object", "property"?}]`.
+    /// Configured points: `[{"name", "object", "property"?}]`; `null` when
+    /// the stored document cannot be read as JSON (see `config_error`).
     pub points: serde_json::Value,
+    /// Why the collector cannot read this meter as configured (the one
+    /// meter definition's verdict, the same words collect would record);
+    /// `null` when the definition is usable.
+    pub config_error: Option<String>,
     /// Whether it is collected.
     pub active: bool,
     /// Collection health; `null` if never collected.
@@ -95,7 +103,7 @@ pub async fn list_meters(
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let rows = c
         .query(
-            "SELECT m.id, m.name, m.site_id, m.tenant_id, m.device_instance, m.address, m.points,
+            "SELECT m.id, m.name, m.site_id, m.tenant_id, m.device_instance, m.address, m.points::text,
                     m.active, h.meter_id IS NOT NULL, h.last_success_at, h.last_error,
                     coalesce(h.consecutive_failures, 0)
              FROM meters m LEFT JOIN meter_health h ON h.meter_id = m.id
@@ -107,22 +115,9 @@ pub async fn list_meters(
         .map_err(q)?;
     let meters: Vec<MeterInfo> = rows
         .iter()
-        .map(|r| MeterInfo {
-            id: r.get(0),
-            name: r.get(1),
-            site_id: r.get(2),
-            tenant_id: r.get(3),
-            device_instance: r.get(4),
-            address: r.get(5),
-            points: r.get(6),
-            active: r.get(7),
-            health: r.get::<_, bool>(8).then(|| MeterHealth {
-                last_success_at: crate::status::ts(r.get(9)),
-                last_error: r.get(10),
-                consecutive_failures: r.get(11),
-            }),
-        })
-        .collect();
+        .map(meter_info)
+        .collect::<Result<_, _>>()
+        .map_err(q)?;
     let last = meters.last().map(|m| m.id).unwrap_or(after);
     let remaining: i64 = c
         .query_one(
@@ -131,10 +126,50 @@ pub async fn list_meters(
         )
         .await
         .map_err(q)?
-        .get(0);
+        .try_get(0)
+        .map_err(q)?;
     Ok(MeterPage {
         next_cursor: (remaining > 0).then(|| format!("after:{last}")),
         meters,
         remaining,
+    })
+}
+
+/// One row of the `list_meters` query, every column read fallibly; a
+/// stored definition the collector cannot use is flagged, never a failure
+/// of the listing.
+fn meter_info(r: &tokio_postgres::Row) -> Result<MeterInfo, tokio_postgres::Error> {
+    let device_instance: i32 = r.try_get(4)?;
+    let address: String = r.try_get(5)?;
+    let points_text: String = r.try_get(6)?;
+    let (points, config_error) = match serde_json::from_str(&points_text) {
+        Ok(points) => {
+            let verdict = MeterDefinition::parse(device_instance.into(), &address, &points).err();
+            (points, verdict.map(|e| e.to_string()))
+        }
+        Err(e) => (
+            serde_json::Value::Null,
+            Some(DefinitionError::PointsJson(e.to_string()).to_string()),
+        ),
+    };
+    Ok(MeterInfo {
+        id: r.try_get(0)?,
+        name: r.try_get(1)?,
+        site_id: r.try_get(2)?,
+        tenant_id: r.try_get(3)?,
+        device_instance,
+        address,
+        points,
+        config_error,
+        active: r.try_get(7)?,
+        health: if r.try_get::<_, bool>(8)? {
+            Some(MeterHealth {
+                last_success_at: crate::status::ts(r.try_get(9)?),
+                last_error: r.try_get(10)?,
+                consecutive_failures: r.try_get(11)?,
+            })
+        } else {
+            None
+        },
     })
 }

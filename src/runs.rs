@@ -42,7 +42,7 @@ pub async fn start(db: &Databases, kind: &str) -> Result<i64, DbError> {
         )
         .await
         .map_err(|e| DbError::query(Side::Local, &e))?;
-    Ok(row.get(0))
+    row.try_get(0).map_err(|e| DbError::query(Side::Local, &e))
 }
 
 /// Closes run `id` with its outcome. Logs instead of failing: the journal
@@ -88,18 +88,18 @@ pub async fn recent(db: &Databases, limit: i64) -> Result<Vec<serde_json::Value>
         .await
         .map_err(|e| DbError::query(Side::Local, &e))?;
     let ts = crate::status::ts;
-    Ok(rows
-        .iter()
+    rows.iter()
         .map(|r| {
-            serde_json::json!({
-                "id": r.get::<_, i64>(0),
-                "kind": r.get::<_, String>(1),
-                "started_at": ts(Some(r.get(2))),
-                "finished_at": ts(r.get(3)),
-                "status": r.get::<_, String>(4),
-                "counts": r.get::<_, Option<serde_json::Value>>(5),
-                "error": r.get::<_, Option<String>>(6),
-            })
+            Ok(serde_json::json!({
+                "id": r.try_get::<_, i64>(0)?,
+                "kind": r.try_get::<_, String>(1)?,
+                "started_at": ts(Some(r.try_get(2)?)),
+                "finished_at": ts(r.try_get(3)?),
+                "status": r.try_get::<_, String>(4)?,
+                "counts": r.try_get::<_, Option<serde_json::Value>>(5)?,
+                "error": r.try_get::<_, Option<String>>(6)?,
+            }))
         })
-        .collect())
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(|e| DbError::query(Side::Local, &e))
 }

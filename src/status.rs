@@ -68,6 +68,17 @@ pub struct Health {
     pub failing_meters_omitted: i64,
 }
 
+/// A remote row the last download of its table skipped, and why.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct SkippedRow {
+    /// `tenants` or `meters`.
+    pub table: String,
+    /// The row's id.
+    pub id: i64,
+    /// Why it was skipped and what to fix on the remote (names the row).
+    pub error: String,
+}
+
 /// The `sync_status` result.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct SyncStatus {
@@ -75,8 +86,40 @@ pub struct SyncStatus {
     pub backlog: Backlog,
     /// The last run of each operation.
     pub last_runs: Vec<LastRun>,
+    /// The remote rows the last download of each table skipped (bad data
+    /// left out; the rest applied), as that run's journal recorded them.
+    pub skipped_rows: Vec<SkippedRow>,
     /// Meter health.
     pub health: Health,
+}
+
+/// The skipped rows recorded by the last `download_*` runs (their
+/// `counts.skipped_rows`), tenants then meters.
+fn skipped_rows(last_runs: &[LastRun]) -> Vec<SkippedRow> {
+    let mut out = Vec::new();
+    for run in last_runs {
+        let Some(table) = run.kind.strip_prefix("download_") else {
+            continue;
+        };
+        let rows = run
+            .counts
+            .as_ref()
+            .and_then(|c| c.get("skipped_rows"))
+            .and_then(|r| r.as_array());
+        for r in rows.into_iter().flatten() {
+            if let (Some(id), Some(error)) = (
+                r.get("id").and_then(|v| v.as_i64()),
+                r.get("error").and_then(|v| v.as_str()),
+            ) {
+                out.push(SkippedRow {
+                    table: table.to_string(),
+                    id,
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+    out
 }
 
 /// A database timestamp as the tools show it: RFC 3339, UTC, milliseconds.
@@ -100,11 +143,11 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
         .await
         .map_err(q)?;
     let backlog = Backlog {
-        count: row.get(0),
-        oldest_recorded_at: ts(row.get(1)),
-        oldest_age_s: row.get(2),
+        count: row.try_get(0).map_err(q)?,
+        oldest_recorded_at: ts(row.try_get(1).map_err(q)?),
+        oldest_age_s: row.try_get(2).map_err(q)?,
     };
-    let last_runs = c
+    let last_runs: Vec<LastRun> = c
         .query(
             "SELECT DISTINCT ON (kind) kind, started_at, finished_at, status, counts, error
              FROM sync_runs ORDER BY kind, started_at DESC, id DESC",
@@ -113,15 +156,18 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
         .await
         .map_err(q)?
         .iter()
-        .map(|r| LastRun {
-            kind: r.get(0),
-            started_at: ts(Some(r.get(1))).unwrap_or_default(),
-            finished_at: ts(r.get(2)),
-            status: r.get(3),
-            counts: r.get(4),
-            error: r.get(5),
+        .map(|r| {
+            Ok(LastRun {
+                kind: r.try_get(0)?,
+                started_at: ts(Some(r.try_get(1)?)).unwrap_or_default(),
+                finished_at: ts(r.try_get(2)?),
+                status: r.try_get(3)?,
+                counts: r.try_get(4)?,
+                error: r.try_get(5)?,
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(q)?;
     let h = c
         .query_one(
             "SELECT count(*),
@@ -134,7 +180,7 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
         )
         .await
         .map_err(q)?;
-    let failing: i64 = h.get(2);
+    let failing: i64 = h.try_get(2).map_err(q)?;
     let failing_meters: Vec<FailingMeter> = c
         .query(
             "SELECT h.meter_id, h.consecutive_failures, h.last_error, h.last_success_at
@@ -147,21 +193,26 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
         .await
         .map_err(q)?
         .iter()
-        .map(|r| FailingMeter {
-            meter_id: r.get(0),
-            consecutive_failures: r.get(1),
-            last_error: r.get(2),
-            last_success_at: ts(r.get(3)),
+        .map(|r| {
+            Ok(FailingMeter {
+                meter_id: r.try_get(0)?,
+                consecutive_failures: r.try_get(1)?,
+                last_error: r.try_get(2)?,
+                last_success_at: ts(r.try_get(3)?),
+            })
         })
-        .collect();
+        .collect::<Result<_, tokio_postgres::Error>>()
+        .map_err(q)?;
+    let skipped_rows = skipped_rows(&last_runs);
     Ok(SyncStatus {
         backlog,
         last_runs,
+        skipped_rows,
         health: Health {
-            active_meters: h.get(0),
-            healthy: h.get(1),
+            active_meters: h.try_get(0).map_err(q)?,
+            healthy: h.try_get(1).map_err(q)?,
             failing,
-            never_collected: h.get(3),
+            never_collected: h.try_get(3).map_err(q)?,
             failing_meters_omitted: (failing - failing_meters.len() as i64).max(0),
             failing_meters,
         },

@@ -9,7 +9,7 @@ use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde_json::Value as Json;
 
-use super::types::{ObjectId, PropertyId};
+use super::types::{ObjectId, ObjectType, PropertyId, MAX_INSTANCE, READABLE_OBJECT_TYPES};
 
 /// The UDP port BACnet/IP uses unless an address names another (0xBAC0).
 pub const DEFAULT_PORT: u16 = 47808;
@@ -88,7 +88,7 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
         let name = entry.get("name").and_then(Json::as_str).map(str::trim);
         let label = name
             .filter(|n| !n.is_empty())
-            .map(|n| format!(" (\"{n}\")"))
+            .map(|n| format!(" ({})", short_name(n)))
             .unwrap_or_default();
         let fail = |problem: String| PointsError::Entry {
             index,
@@ -111,10 +111,10 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
             _ => return Err(fail("`name` must be a non-empty string".into())),
         };
         if !seen.insert(name.clone()) {
-            return Err(fail(format!("duplicate point name `{name}`")));
+            return Err(fail(format!("duplicate point name {}", short_name(&name))));
         }
         let object = match obj.get("object") {
-            Some(Json::String(s)) => ObjectId::parse(s).map_err(fail)?,
+            Some(Json::String(s)) => parse_object(s).map_err(fail)?,
             Some(other) => {
                 return Err(fail(format!(
                     "`object` must be a string like \"analog-input:1\", found {}",
@@ -148,6 +148,39 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
         });
     }
     Ok(out)
+}
+
+/// A point name as error messages quote it: JSON-quoted (so quotes and
+/// control characters show as escapes) and cut to 40 characters, so a
+/// 10,000-character name cannot flood a report.
+pub fn short_name(name: &str) -> String {
+    const SHOWN: usize = 40;
+    let mut cut: String = name.chars().take(SHOWN).collect();
+    if cut.len() < name.len() {
+        cut.push_str("...");
+    }
+    serde_json::Value::String(cut).to_string()
+}
+
+/// Parse `type:instance`, knowing the names of every type a meter point may
+/// name ([`READABLE_OBJECT_TYPES`]) besides those [`ObjectId::parse`] knows.
+fn parse_object(s: &str) -> Result<ObjectId, String> {
+    if let Some((ty, inst)) = s.split_once(':') {
+        let known = READABLE_OBJECT_TYPES
+            .iter()
+            .find(|(_, name)| name.eq_ignore_ascii_case(ty.trim()))
+            .and_then(|(n, _)| ObjectType::new(*n));
+        if let Some(object_type) = known {
+            let instance: u32 = inst
+                .trim()
+                .parse()
+                .map_err(|_| format!("object instance `{}` is not a number", inst.trim()))?;
+            return ObjectId::new(object_type, instance).ok_or_else(|| {
+                format!("object instance {instance} is above the BACnet limit {MAX_INSTANCE}")
+            });
+        }
+    }
+    ObjectId::parse(s)
 }
 
 /// Parse a meter address `host:port` (IPv4 host; port defaults to 47808).

@@ -80,6 +80,28 @@ impl fmt::Display for ObjectType {
     }
 }
 
+/// The object types a meter point may name: the ones whose present value the
+/// collector reads (DESIGN: analog/binary/multi-state input and value,
+/// accumulator, integer-value, positive-integer-value, large-analog-value),
+/// as (wire number, name). The meter definition (`crate::meter_def`) accepts
+/// exactly these.
+pub const READABLE_OBJECT_TYPES: &[(u16, &str)] = &[
+    (0, "analog-input"),
+    (2, "analog-value"),
+    (3, "binary-input"),
+    (5, "binary-value"),
+    (13, "multi-state-input"),
+    (19, "multi-state-value"),
+    (23, "accumulator"),
+    (45, "integer-value"),
+    (46, "large-analog-value"),
+    (48, "positive-integer-value"),
+];
+
+/// The largest instance a configured device or point may have: 4194303
+/// ([`MAX_INSTANCE`]) is the "any instance" wildcard and names no object.
+pub const MAX_CONFIGURED_INSTANCE: u32 = MAX_INSTANCE - 1;
+
 /// A BACnet object identifier: type and instance, e.g. `analog-input:1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ObjectId {

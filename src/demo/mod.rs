@@ -210,7 +210,10 @@ impl DemoWorld {
             .query_typed("SELECT count(*) FROM meter_readings", &[])
             .await
             .map_err(|e| DbError::query(Side::Remote, &e))?;
-        Ok(row.first().map(|r| r.get(0)).unwrap_or(0))
+        match row.first() {
+            Some(r) => Ok(r.try_get(0).map_err(|e| DbError::query(Side::Remote, &e))?),
+            None => Ok(0),
+        }
     }
 
     /// Stops the meters and closes the pools (the clusters go on drop).

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::table::{Cell, Fetched, Record, Table};
+use super::table::{Cell, Fetched, Kind, Record, Table};
 use super::validate::{self, Instances};
 use super::{Change, ChangeAction};
 
@@ -28,9 +28,9 @@ pub(crate) trait Source {
     /// Whether the row is active (a NULL counts as inactive).
     fn active(&self, table: Table) -> bool;
     /// The meter's `site_id` bytes and `device_instance`.
-    fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>);
-    /// The decoded row.
-    fn record(&self, table: Table) -> Result<Record, tokio_postgres::Error>;
+    fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i64>);
+    /// The decoded row; the error names the column that cannot be read.
+    fn record(&self, table: Table) -> Result<Record, String>;
     /// The fingerprint of the row's values.
     fn digest(&self, table: Table) -> Digest;
 }
@@ -48,20 +48,37 @@ impl Source for Fetched {
         self.raw(table.index("active")) == Some(&[1u8][..])
     }
 
-    fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>) {
+    fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i64>) {
         let instance = self
             .raw(table.index("device_instance"))
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-            .map(i32::from_be_bytes);
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .map(i64::from_be_bytes);
         (self.raw(table.index("site_id")), instance)
     }
 
-    fn record(&self, table: Table) -> Result<Record, tokio_postgres::Error> {
+    fn record(&self, table: Table) -> Result<Record, String> {
         let cells = table
             .columns()
             .iter()
             .enumerate()
-            .map(|(i, c)| Cell::decode(&self.row, i, c.kind))
+            .map(|(i, c)| {
+                Cell::decode(&self.row, i, c.kind).map_err(|e| {
+                    // A timestamp PostgreSQL stores as +-infinity has no
+                    // chrono value: say so instead of "too large".
+                    let raw = self.raw(i);
+                    if c.kind == Kind::Timestamptz && raw == Some(&i64::MAX.to_be_bytes()[..]) {
+                        format!("{} is 'infinity'; set a real timestamp", c.name)
+                    } else if c.kind == Kind::Timestamptz
+                        && raw == Some(&i64::MIN.to_be_bytes()[..])
+                    {
+                        format!("{} is '-infinity'; set a real timestamp", c.name)
+                    } else {
+                        let why = std::error::Error::source(&e)
+                            .map_or_else(|| e.to_string(), |s| s.to_string());
+                        format!("{} cannot be read ({why})", c.name)
+                    }
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Record { id: self.id, cells })
     }
@@ -129,34 +146,46 @@ impl Plan {
         self.upserts.is_empty() && self.deactivate.is_empty()
     }
 
-    /// Checks an active meter that is new or may have changed, and claims
-    /// its device instance; `Ok(None)` when it was skipped.
+    /// Records remote row `id` of `table` as skipped; the reason names the
+    /// table and the row, so it reads alone in a log or the journal.
+    fn skip(&mut self, table: Table, id: i64, why: String) {
+        let why = format!("{} row {id}: {why}", table.name());
+        tracing::warn!(table = table.name(), id, "remote row skipped: {why}");
+        self.skipped.push((id, why));
+    }
+
+    /// Decodes and checks a row that is new or may have changed (any row,
+    /// active or not: see [`validate`]), and claims an active meter's
+    /// device instance; `None` when it was skipped. An unchanged row passed
+    /// the checks when it was written and is not decoded again.
     fn check<R: Source>(
         &mut self,
         table: Table,
         instances: &mut Instances,
         r: &R,
         changed: bool,
-    ) -> Result<Option<Option<Record>>, tokio_postgres::Error> {
-        if table != Table::Meters || !r.active(table) {
-            return Ok(Some(None));
-        }
+    ) -> Option<Option<Record>> {
         let mut record = None;
-        // An unchanged row passed the checks when it was written.
         if changed {
-            let rec = r.record(table)?;
-            if let Err(e) = validate::check_meter(table, &rec) {
-                self.skipped.push((r.id(), e));
-                return Ok(None);
+            let checked = r
+                .record(table)
+                .and_then(|rec| validate::check_row(table, &rec).map(|()| rec));
+            match checked {
+                Ok(rec) => record = Some(rec),
+                Err(e) => {
+                    self.skip(table, r.id(), e);
+                    return None;
+                }
             }
-            record = Some(rec);
         }
-        let (site, instance) = r.site_and_instance(table);
-        if let Err(e) = instances.claim(site, instance.unwrap_or(-1), r.id()) {
-            self.skipped.push((r.id(), e));
-            return Ok(None);
+        if table == Table::Meters && r.active(table) {
+            let (site, instance) = r.site_and_instance(table);
+            if let Err(e) = instances.claim(site, instance.unwrap_or(-1), r.id()) {
+                self.skip(table, r.id(), e);
+                return None;
+            }
         }
-        Ok(Some(record))
+        Some(record)
     }
 
     fn change(&mut self, id: i64, action: ChangeAction, fields: Vec<String>) {
@@ -184,12 +213,12 @@ impl Plan {
 /// to compare in full with [`settle`]. A remote row that is skipped (bad
 /// data) leaves its local copy as it is.
 ///
-/// Fails only when a row that must be checked cannot be decoded.
+/// Never fails: a row that cannot be decoded or checked is skipped.
 pub(crate) fn triage<R: Source>(
     table: Table,
     mut remote: Vec<R>,
     mut local: Vec<Known>,
-) -> Result<(Plan, Vec<Pending<R>>), tokio_postgres::Error> {
+) -> (Plan, Vec<Pending<R>>) {
     remote.sort_unstable_by_key(|r| r.id());
     local.sort_unstable_by_key(|l| l.id);
     let mut p = Plan::default();
@@ -203,15 +232,24 @@ pub(crate) fn triage<R: Source>(
         let known = local.next_if(|l| l.id == r.id());
         let digest = r.digest(table);
         let unchanged = known.as_ref().is_some_and(|l| l.digest == Some(digest));
-        let Some(record) = p.check(table, &mut instances, &r, !unchanged)? else {
+        let Some(record) = p.check(table, &mut instances, &r, !unchanged) else {
+            // Skipped, but switched off remotely: a bad row must not keep
+            // an active local copy collecting, so it is still deactivated.
+            if let Some(l) = known.as_ref().filter(|l| l.active && !r.active(table)) {
+                p.deactivate.push(l.id);
+                p.change(l.id, ChangeAction::Deactivate, vec!["active".into()]);
+            }
             continue;
         };
         match known {
             _ if unchanged => p.unchanged += 1,
             None => {
-                let rec = match record {
-                    Some(rec) => rec,
-                    None => r.record(table)?,
+                let rec = match record.map_or_else(|| r.record(table), Ok) {
+                    Ok(rec) => rec,
+                    Err(e) => {
+                        p.skip(table, r.id(), e);
+                        continue;
+                    }
                 };
                 p.change(r.id(), ChangeAction::Insert, Vec::new());
                 p.upserts.push((rec, digest));
@@ -222,7 +260,7 @@ pub(crate) fn triage<R: Source>(
     for l in local {
         p.local_only(&l);
     }
-    Ok((p, pending))
+    (p, pending)
 }
 
 /// Step two: compares each pending remote row with its full local copy
@@ -230,19 +268,22 @@ pub(crate) fn triage<R: Source>(
 /// row equal by value whose stored digest was stale only gets its digest
 /// refreshed and counts as unchanged.
 ///
-/// Fails only when a row that must be written cannot be decoded.
+/// Never fails: a row that cannot be decoded is skipped.
 pub(crate) fn settle<R: Source>(
     table: Table,
     mut p: Plan,
     pending: Vec<Pending<R>>,
     full: Vec<R>,
-) -> Result<Plan, tokio_postgres::Error> {
+) -> Plan {
     let mut full: HashMap<i64, R> = full.into_iter().map(|l| (l.id(), l)).collect();
     for Pending { remote: r, record } in pending {
         let digest = r.digest(table);
-        let rec = match record {
-            Some(rec) => rec,
-            None => r.record(table)?,
+        let rec = match record.map_or_else(|| r.record(table), Ok) {
+            Ok(rec) => rec,
+            Err(e) => {
+                p.skip(table, r.id(), e);
+                continue;
+            }
         };
         let Some(l) = full.remove(&r.id()) else {
             // Gone since the first read (the table lock makes this
@@ -268,7 +309,8 @@ pub(crate) fn settle<R: Source>(
         p.upserts.push((rec, digest));
     }
     p.changes.sort_by_key(|c| c.id);
-    Ok(p)
+    p.skipped.sort_by_key(|(id, _)| *id);
+    p
 }
 
 #[cfg(test)]
@@ -288,9 +330,9 @@ mod tests {
             Record::active(self, table)
         }
 
-        fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i32>) {
+        fn site_and_instance(&self, table: Table) -> (Option<&[u8]>, Option<i64>) {
             let instance = match self.get(table, "device_instance") {
-                Cell::Int4(i) => Some(*i),
+                Cell::Int8(i) => Some(*i),
                 _ => None,
             };
             (
@@ -299,7 +341,7 @@ mod tests {
             )
         }
 
-        fn record(&self, _: Table) -> Result<Record, tokio_postgres::Error> {
+        fn record(&self, _: Table) -> Result<Record, String> {
             Ok(self.clone())
         }
 
@@ -315,11 +357,7 @@ mod tests {
     }
 
     /// Both steps, with the local digests current (`fresh`) or unknown.
-    fn plan(
-        table: Table,
-        remote: Vec<Record>,
-        local: Vec<Record>,
-    ) -> Result<Plan, tokio_postgres::Error> {
+    fn plan(table: Table, remote: Vec<Record>, local: Vec<Record>) -> Result<Plan, String> {
         let mut last: Option<Plan> = None;
         for fresh in [false, true] {
             let known = local
@@ -330,14 +368,14 @@ mod tests {
                     digest: fresh.then(|| l.digest(table)),
                 })
                 .collect();
-            let (p, pending) = triage(table, remote.clone(), known)?;
+            let (p, pending) = triage(table, remote.clone(), known);
             let ids: Vec<i64> = pending.iter().map(|p| p.id()).collect();
             let full = local
                 .iter()
                 .filter(|l| ids.contains(&l.id))
                 .cloned()
                 .collect();
-            let p = settle(table, p, pending, full)?;
+            let p = settle(table, p, pending, full);
             if let Some(prev) = &last {
                 let counts = |p: &Plan| {
                     (
@@ -369,12 +407,17 @@ mod tests {
                 Cell::Null,
                 Cell::Null,
                 Cell::Bool(active),
-                Cell::Null,
+                updated(),
             ],
         }
     }
 
-    fn meter(id: i64, instance: i32, address: &str, active: bool) -> Record {
+    /// A fixed `updated_at` (the column is required).
+    fn updated() -> Cell {
+        Cell::Timestamptz(chrono::DateTime::UNIX_EPOCH)
+    }
+
+    fn meter(id: i64, instance: i64, address: &str, active: bool) -> Record {
         Record {
             id,
             cells: vec![
@@ -382,11 +425,11 @@ mod tests {
                 Cell::Text("s1".into()),
                 Cell::Null,
                 Cell::Text(format!("meter {id}")),
-                Cell::Int4(instance),
+                Cell::Int8(instance),
                 Cell::Text(address.into()),
                 Cell::Jsonb(r#"[{"name": "e", "object": "analog-input:1"}]"#.into()),
                 Cell::Bool(active),
-                Cell::Null,
+                updated(),
             ],
         }
     }
@@ -399,7 +442,7 @@ mod tests {
     }
 
     #[test]
-    fn classifies_every_row_once() -> Result<(), tokio_postgres::Error> {
+    fn classifies_every_row_once() -> Result<(), String> {
         let remote = vec![
             tenant(1, "same", true),
             tenant(2, "renamed", true),
@@ -436,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn nothing_changed_plans_nothing() -> Result<(), tokio_postgres::Error> {
+    fn nothing_changed_plans_nothing() -> Result<(), String> {
         let rows = vec![tenant(2, "b", false), tenant(1, "a", true)];
         let p = plan(Table::Tenants, rows.clone(), rows.clone())?;
         assert_eq!(p.unchanged, 2);
@@ -448,14 +491,14 @@ mod tests {
                 digest: Some(l.digest(Table::Tenants)),
             })
             .collect();
-        let (p, pending) = triage(Table::Tenants, rows.clone(), known)?;
+        let (p, pending) = triage(Table::Tenants, rows.clone(), known);
         assert!(pending.is_empty());
         assert!(p.is_empty(), "with current digests: nothing at all");
         Ok(())
     }
 
     #[test]
-    fn bad_meters_are_skipped_and_keep_their_local_copy() -> Result<(), tokio_postgres::Error> {
+    fn bad_meters_are_skipped_and_keep_their_local_copy() -> Result<(), String> {
         let remote = vec![
             meter(1, 7, "10.0.0.1", true),
             meter(2, 8, "bad address", true),
@@ -470,24 +513,38 @@ mod tests {
         ];
         let p = plan(Table::Meters, remote, local)?;
         let skipped: Vec<i64> = p.skipped.iter().map(|(id, _)| *id).collect();
-        assert_eq!(skipped, vec![2, 3], "{:?}", p.skipped);
+        // 4 is inactive, and still checked: it is mirrored and listed.
+        assert_eq!(skipped, vec![2, 3, 4], "{:?}", p.skipped);
         assert!(p.skipped[1].1.contains("meter 1"));
-        assert_eq!((p.inserted, p.unchanged, p.deactivated), (2, 1, 0));
+        for (id, why) in &p.skipped {
+            assert!(why.starts_with(&format!("meters row {id}: ")), "{why}");
+        }
+        assert_eq!((p.inserted, p.unchanged, p.deactivated), (1, 1, 0));
         assert!(p.deactivate.is_empty(), "a skipped row is not deactivated");
         Ok(())
     }
 
     #[test]
-    fn a_row_equal_to_its_fingerprint_is_not_checked_again() -> Result<(), tokio_postgres::Error> {
+    fn a_bad_row_switched_off_remotely_is_still_deactivated() -> Result<(), String> {
+        let remote = vec![meter(6, 6, "no address", false)];
+        let local = vec![meter(6, 6, "10.0.0.6", true)];
+        let p = plan(Table::Meters, remote, local)?;
+        assert_eq!(p.skipped.len(), 1, "{:?}", p.skipped);
+        assert_eq!(p.deactivate, vec![6]);
+        assert_eq!(p.deactivated, 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_row_equal_to_its_fingerprint_is_not_checked_again() {
         let odd = meter(1, 7, "legacy address", true);
         let known = vec![Known {
             id: 1,
             active: true,
             digest: Some(odd.digest(Table::Meters)),
         }];
-        let (p, pending) = triage(Table::Meters, vec![odd], known)?;
+        let (p, pending) = triage(Table::Meters, vec![odd], known);
         assert!(pending.is_empty() && p.skipped.is_empty());
         assert_eq!(p.unchanged, 1);
-        Ok(())
     }
 }

@@ -21,14 +21,28 @@
 //!   a failure at any point leaves the local table exactly as it was. The
 //!   table is locked against other writers (not readers) for the run, so two
 //!   downloads cannot interleave;
-//! - **constant round trips**: one remote statement per run (an unnamed
-//!   `SELECT`, safe behind a transaction-mode pooler), and a fixed number of
-//!   local statements whatever the row count (two reads; changed rows go
-//!   through one binary `COPY` into a temporary table and one
-//!   `INSERT ... ON CONFLICT`; one `UPDATE` deactivates the gone rows);
-//! - **bad remote data** (a meter whose points, address or device instance
-//!   the collector could not use, see [`validate`]) is reported per row and
-//!   skipped, leaving that row's local copy as it was; the other rows apply;
+//! - **constant round trips**: one remote round trip per run (an unnamed
+//!   `SELECT`, pipelined with the `BEGIN READ ONLY; SET LOCAL
+//!   statement_timeout` and `COMMIT` around it: safe behind a
+//!   transaction-mode pooler), and a fixed number of local statements
+//!   whatever the row count (two reads; changed rows go through one binary
+//!   `COPY` into a temporary table and one `INSERT ... ON CONFLICT`; one
+//!   `UPDATE` deactivates the gone rows);
+//! - **deadline**: the remote read is cancelled by the server after
+//!   [`REMOTE_READ_DEADLINE`] and abandoned by the client
+//!   [`CLIENT_GRACE`] later (a frozen link), failing the download instead
+//!   of hanging it;
+//! - **row-level isolation**: a remote row (of either table, active or not)
+//!   that cannot be decoded (an `infinity` timestamp), that the local copy
+//!   could not hold (a NULL in a `NOT NULL` column, a text over
+//!   [`validate::MAX_TEXT_LEN`]) or that is not a usable
+//!   [`crate::meter_def::MeterDefinition`] is skipped, leaving its local
+//!   copy as it was (but a row switched off remotely still deactivates an
+//!   active local copy, so a bad row never keeps a meter collecting), and named with its id and reason in the result, the
+//!   log, and the run's `sync_runs` counts (`skipped_rows`, shown by
+//!   `sync_status`); the other rows apply. The remote columns are read
+//!   through casts that cannot fail on a value (`device_instance::int8`,
+//!   `points::text`), so no single value fails the read itself;
 //! - every run, dry or not, failed or not, is recorded in `sync_runs` with
 //!   kind `download_tenants` / `download_meters`, its counts and its error.
 //!
@@ -91,7 +105,8 @@ pub struct RowError {
     pub error: String,
 }
 
-/// The result of one download.
+/// The result of one download. Every skipped row is named in `errors`
+/// (and in the run's `sync_runs.counts.skipped_rows`) with its id and why.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DownloadReport {
     /// `tenants` or `meters`.
@@ -120,7 +135,8 @@ pub struct DownloadReport {
     pub errors: Vec<RowError>,
     /// Skipped rows left out of `errors`.
     pub errors_omitted: u64,
-    /// Statements sent to the remote by this run (one, whatever the row count).
+    /// Round trips to the remote by this run (one, whatever the row count:
+    /// the transaction that sets the read's deadline is pipelined with it).
     pub remote_round_trips: u32,
     /// Wall time of the run.
     pub duration_ms: u64,
@@ -139,6 +155,10 @@ impl DownloadReport {
             "deactivated": self.deactivated,
             "skipped": self.skipped,
             "skipped_ids": self.errors.iter().map(|e| e.id).collect::<Vec<_>>(),
+            // The reasons too (each names its row), so the journal and
+            // sync_status say what to fix without a rerun.
+            "skipped_rows": self.errors,
+            "skipped_rows_omitted": self.errors_omitted,
         })
     }
 }
@@ -291,15 +311,27 @@ async fn run_download(
     };
     let local_sql = table.local_digests();
     // Rows are decoded as they arrive, overlapping the servers' work.
-    let (remote_rows, local_rows) = tokio::try_join!(
+    let (remote_rows, local_rows) = tokio::join!(
         async {
-            let rows = remote
-                .query_typed_raw(&remote_sql, remote_params)
+            let deadline = REMOTE_READ_DEADLINE + CLIENT_GRACE;
+            match tokio::time::timeout(deadline, read_remote(&remote, &remote_sql, remote_params))
                 .await
-                .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))?;
-            read_all(rows)
-                .await
-                .map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))
+            {
+                Ok(read) => {
+                    read.map_err(|e| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e)))
+                }
+                Err(_) => Err(remote_err(
+                    DbError::Query {
+                        side: Side::Remote,
+                        cause: format!(
+                            "no answer within {} s (a frozen link?)",
+                            deadline.as_secs()
+                        ),
+                        transient: true,
+                    },
+                    "; the connection was dropped and the download will be retried on the next run",
+                )),
+            }
         },
         async {
             let no_params: [(&(dyn ToSql + Sync), Type); 0] = [];
@@ -308,17 +340,22 @@ async fn run_download(
                 .await
                 .map_err(|e| local_err(&e))?;
             let rows = read_all(rows).await.map_err(|e| local_err(&e))?;
-            Ok(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
+            Ok::<_, DownloadError>(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
         },
-    )?;
-    drop(remote);
+    );
+    // Never give a connection back to the pool mid-transaction: after a
+    // timeout its state is unknown, so it is closed instead.
+    if remote_rows.is_err() {
+        drop(deadpool_postgres::Object::take(remote));
+    } else {
+        drop(remote);
+    }
+    let (remote_rows, local_rows) = (remote_rows?, local_rows?);
     let read_ms = started.elapsed().as_millis() as u64;
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
-    let decode_err =
-        |e: tokio_postgres::Error| remote_err(DbError::query(Side::Remote, &e), remote_hint(&e));
-    let (plan, pending) = diff::triage(table, remote_rows, local_rows).map_err(decode_err)?;
+    let (plan, pending) = diff::triage(table, remote_rows, local_rows);
     // The rows that may have changed, read in full: one statement.
     let mut full = Vec::new();
     if !pending.is_empty() {
@@ -332,7 +369,7 @@ async fn run_download(
             .map_err(|e| local_err(&e))?;
         full = read_all(rows).await.map_err(|e| local_err(&e))?;
     }
-    let mut plan = diff::settle(table, plan, pending, full).map_err(decode_err)?;
+    let mut plan = diff::settle(table, plan, pending, full);
     let bad = std::mem::take(&mut plan.skipped);
     progress.update(2, Some(3), &format!("compared with the local {name}"));
     tracing::debug!(
@@ -379,6 +416,42 @@ async fn run_download(
     })
 }
 
+/// The server-side limit on the remote read (`SET LOCAL statement_timeout`,
+/// which a transaction-mode pooler allows): a read that takes longer is
+/// cancelled by the server and fails the download instead of holding it.
+pub const REMOTE_READ_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How much longer the client waits before giving up on its own: a frozen
+/// link never delivers the server's cancellation, so only this deadline
+/// gets the download out.
+pub const CLIENT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The remote read in one round trip: `BEGIN; SET LOCAL statement_timeout`,
+/// the unnamed `SELECT` and `COMMIT` are pipelined on the connection (sent
+/// in that order before any answer), so the deadline costs no extra wait.
+async fn read_remote(
+    remote: &tokio_postgres::Client,
+    sql: &str,
+    params: Vec<(&(dyn ToSql + Sync), Type)>,
+) -> Result<Vec<Fetched>, tokio_postgres::Error> {
+    let begin = format!(
+        "BEGIN READ ONLY; SET LOCAL statement_timeout = {}",
+        REMOTE_READ_DEADLINE.as_millis()
+    );
+    let (began, rows, committed) = tokio::join!(
+        remote.batch_execute(&begin),
+        async {
+            let rows = remote.query_typed_raw(sql, params).await?;
+            read_all(rows).await
+        },
+        remote.batch_execute("COMMIT"),
+    );
+    began?;
+    let rows = rows?;
+    committed?;
+    Ok(rows)
+}
+
 /// Collects a result stream, undecoded, skipping rows without an id.
 async fn read_all(rows: tokio_postgres::RowStream) -> Result<Vec<Fetched>, tokio_postgres::Error> {
     pin_mut!(rows);
@@ -396,6 +469,9 @@ fn remote_hint(e: &tokio_postgres::Error) -> &'static str {
     match e.code().map(|c| c.code()) {
         Some("42P01") | Some("42703") => {
             "; the remote table lacks the contract's columns: run `metersync migrate` or compare it with the README's table definitions"
+        }
+        Some("57014") => {
+            "; the remote read took longer than its deadline (statement_timeout): check the remote's load and locks on the table"
         }
         Some("42501") => {
             "; grant SELECT on the table to POSTGRES_CLIENT_USER"

@@ -24,7 +24,6 @@ pub enum Table {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Int8,
-    Int4,
     Text,
     Bool,
     Timestamptz,
@@ -37,7 +36,6 @@ impl Kind {
     fn sql_type(self) -> &'static str {
         match self {
             Kind::Int8 => "int8",
-            Kind::Int4 => "int4",
             Kind::Text => "text",
             Kind::Bool => "boolean",
             Kind::Timestamptz => "timestamptz",
@@ -49,7 +47,6 @@ impl Kind {
     pub(crate) fn pg_type(self) -> Type {
         match self {
             Kind::Int8 => Type::INT8,
-            Kind::Int4 => Type::INT4,
             Kind::Text => Type::TEXT,
             Kind::Bool => Type::BOOL,
             Kind::Timestamptz => Type::TIMESTAMPTZ,
@@ -63,21 +60,36 @@ impl Kind {
 pub(crate) struct Column {
     pub name: &'static str,
     pub kind: Kind,
+    /// Whether the local column is `NOT NULL` (a remote NULL there is a bad row).
+    pub required: bool,
 }
 
 const fn col(name: &'static str, kind: Kind) -> Column {
-    Column { name, kind }
+    Column {
+        name,
+        kind,
+        required: false,
+    }
+}
+
+/// A column the local table declares `NOT NULL`.
+const fn req(name: &'static str, kind: Kind) -> Column {
+    Column {
+        name,
+        kind,
+        required: true,
+    }
 }
 
 /// The contract's `tenants` columns; `id` first, as everywhere.
 const TENANTS: &[Column] = &[
     col("id", Kind::Int8),
     col("site_id", Kind::Text),
-    col("name", Kind::Text),
+    req("name", Kind::Text),
     col("unit", Kind::Text),
     col("email", Kind::Text),
-    col("active", Kind::Bool),
-    col("updated_at", Kind::Timestamptz),
+    req("active", Kind::Bool),
+    req("updated_at", Kind::Timestamptz),
 ];
 
 /// The contract's `meters` columns; `id` first, as everywhere.
@@ -85,12 +97,15 @@ const METERS: &[Column] = &[
     col("id", Kind::Int8),
     col("site_id", Kind::Text),
     col("tenant_id", Kind::Int8),
-    col("name", Kind::Text),
-    col("device_instance", Kind::Int4),
-    col("address", Kind::Text),
-    col("points", Kind::Jsonb),
-    col("active", Kind::Bool),
-    col("updated_at", Kind::Timestamptz),
+    req("name", Kind::Text),
+    // Read as int8 whatever the remote's type (a customer's bigint column
+    // may hold 3e9): the value is then checked, not the cast, so one bad
+    // row is skipped instead of failing the read. Locally it is int4.
+    req("device_instance", Kind::Int8),
+    req("address", Kind::Text),
+    req("points", Kind::Jsonb),
+    req("active", Kind::Bool),
+    req("updated_at", Kind::Timestamptz),
 ];
 
 /// The name of the temporary table a run stages its changed rows in.
@@ -132,7 +147,11 @@ impl Table {
         self.columns()
             .iter()
             .map(|c| match c.kind {
-                Kind::Jsonb => format!("{}::jsonb::text", c.name),
+                // `::text`, not `::jsonb::text`: a customer's `text` or
+                // `json` column with a bad document (invalid JSON, a NUL
+                // escape jsonb refuses) must fail its row, not the read.
+                // A jsonb column reads as its canonical text either way.
+                Kind::Jsonb => format!("{}::text", c.name),
                 k => format!("{}::{}", c.name, k.sql_type()),
             })
             .collect::<Vec<_>>()
@@ -246,7 +265,6 @@ impl Table {
 pub(crate) enum Cell {
     Null,
     Int8(i64),
-    Int4(i32),
     Text(String),
     Bool(bool),
     Timestamptz(DateTime<Utc>),
@@ -265,9 +283,6 @@ impl Cell {
             Kind::Int8 => row
                 .try_get::<_, Option<i64>>(i)?
                 .map_or(Cell::Null, Cell::Int8),
-            Kind::Int4 => row
-                .try_get::<_, Option<i32>>(i)?
-                .map_or(Cell::Null, Cell::Int4),
             Kind::Text => row
                 .try_get::<_, Option<String>>(i)?
                 .map_or(Cell::Null, Cell::Text),
@@ -300,7 +315,6 @@ impl ToSql for Cell {
         match self {
             Cell::Null => Ok(IsNull::Yes),
             Cell::Int8(v) => v.to_sql_checked(ty, out),
-            Cell::Int4(v) => v.to_sql_checked(ty, out),
             Cell::Text(v) => v.to_sql_checked(ty, out),
             Cell::Bool(v) => v.to_sql_checked(ty, out),
             Cell::Timestamptz(v) => v.to_sql_checked(ty, out),
@@ -427,7 +441,8 @@ mod tests {
     fn remote_select_casts_and_scopes() {
         let sql = Table::Meters.remote_select(true);
         assert!(sql.starts_with("SELECT id::int8, site_id::text"));
-        assert!(sql.contains("points::jsonb::text"));
+        assert!(sql.contains("device_instance::int8"));
+        assert!(sql.contains("points::text"));
         assert!(sql.ends_with("FROM meters WHERE site_id = $1"));
         assert!(!Table::Meters.remote_select(false).contains("$1"));
     }

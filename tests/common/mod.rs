@@ -11,6 +11,7 @@
 
 #![allow(dead_code)]
 
+pub mod freeze;
 pub mod proxy;
 pub mod tls;
 
