@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{hint, local, remote, QuarantinedRow, UploadError, UploadReport, QUARANTINE_LIST_CAP};
+use super::{hint, local, remote, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
 use crate::app::App;
 use crate::config::Side;
 use crate::db::DbError;
@@ -14,7 +14,7 @@ use crate::progress::Progress;
 fn account(
     report: &mut UploadReport,
     sent: &remote::Sent,
-    quarantined: Vec<QuarantinedRow>,
+    settled: local::Settled,
     progress: &dyn Progress,
     total: u64,
 ) {
@@ -22,18 +22,52 @@ fn account(
     report.uploaded += sent.inserted as u64;
     report.already_present += sent.already_present as u64;
     report.deleted_local += n;
-    report.quarantined += quarantined.len() as u64;
+    report.quarantined += settled.quarantined.len() as u64;
     let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
     report
         .quarantined_rows
-        .extend(quarantined.into_iter().take(room));
+        .extend(settled.quarantined.into_iter().take(room));
+    report.conflicts += settled.conflicts.len() as u64;
+    let room = QUARANTINE_LIST_CAP.saturating_sub(report.conflict_rows.len());
+    report
+        .conflict_rows
+        .extend(settled.conflicts.into_iter().take(room));
     report.batches += 1;
-    let done = report.deleted_local + report.quarantined;
+    let done = moved(report);
     progress.update(
         done,
         Some(total),
         &format!("batch {}: {done} of {total} rows", report.batches),
     );
+}
+
+/// Rows that left the backlog so far (uploaded, present, set aside).
+fn moved(report: &UploadReport) -> u64 {
+    report.deleted_local + report.quarantined + report.conflicts
+}
+
+/// Sends one batch; gives up `CANCEL_GRACE` after `cancel` fires.
+async fn send_cancellable(
+    rc: &mut tokio_postgres::Client,
+    rows: &[local::Reading],
+    site_id: Option<&str>,
+    cancel: &CancellationToken,
+) -> Option<Result<remote::Sent, remote::SendError>> {
+    tokio::select! {
+        r = remote::send(rc, rows, site_id) => Some(r),
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        } => None,
+    }
+}
+
+/// Waits `delay` unless `cancel` fires first; returns whether it fired.
+async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = cancel.cancelled() => true,
+    }
 }
 
 /// The batch loop, two batches deep: while batch `k` is sent to the remote,
@@ -82,10 +116,11 @@ pub(super) async fn run_batches(
             .map_err(start)?,
     );
     let mut prev: Option<(local::Claim, remote::Sent)> = None;
-    let mut retried = false;
+    // Re-sends in a row of the current batch after transient failures.
+    let mut resends = 0u32;
     loop {
         let batch_no = report.batches + 1 + u64::from(prev.is_some());
-        let done = report.deleted_local + report.quarantined;
+        let done = moved(&report);
         let interrupted = |source: DbError| UploadError::Interrupted {
             batch: batch_no,
             done,
@@ -100,7 +135,10 @@ pub(super) async fn run_batches(
                     let _ = empty.release().await;
                 }
                 if let Some((p, sent)) = prev.take() {
-                    let (q, _) = p.settle(&sent.rejected).await.map_err(interrupted)?;
+                    let (q, _) = p
+                        .settle(&sent.rejected, &sent.conflicts)
+                        .await
+                        .map_err(interrupted)?;
                     account(&mut report, &sent, q, progress, total);
                 }
                 break;
@@ -118,13 +156,13 @@ pub(super) async fn run_batches(
         };
         let (sent, local_side) = tokio::join!(
             async {
-                let r = remote::send(&mut rc, cur.rows(), site_id).await;
+                let r = send_cancellable(&mut rc, cur.rows(), site_id, cancel).await;
                 (r, t.elapsed())
             },
             async {
                 let (settled, conn) = match prev_taken {
                     Some((p, sent)) => {
-                        let (q, conn) = p.settle(&sent.rejected).await?;
+                        let (q, conn) = p.settle(&sent.rejected, &sent.conflicts).await?;
                         (Some((sent, q)), Some(conn))
                     }
                     None => (None, spare_taken),
@@ -144,41 +182,69 @@ pub(super) async fn run_batches(
             account(&mut report, &psent, q, progress, total);
         }
         let sent = match sent {
-            Ok(sent) => sent,
-            Err(remote::SendError::Db(source)) => {
+            Some(Ok(sent)) => sent,
+            None => {
+                // Cancelled and the send did not finish within the grace:
+                // abandon it. This batch and the next roll back locally; a
+                // later re-send finds whatever the remote committed.
+                tracing::warn!(
+                    batch = report.batches + 1,
+                    "cancelled while the remote was not answering; the batch in flight stays local"
+                );
+                drop((cur, next));
+                drop(deadpool_postgres::Object::take(rc));
+                break;
+            }
+            Some(Err(remote::SendError::Db(source))) => {
                 db.note_error(Side::Remote, &source.to_string());
                 // This batch and the next roll back locally and stay; the
                 // remote outcome of this one may be unknown, which a re-send
                 // resolves (ON CONFLICT).
                 drop((cur, next));
                 drop(deadpool_postgres::Object::take(rc));
-                if source.is_transient() && !retried {
-                    tracing::warn!(
-                        batch = report.batches + 1,
-                        "batch failed, sending it again on a new connection: {source}"
-                    );
-                    retried = true;
-                    rc = db.remote().await.map_err(interrupted)?;
-                    spare = Some(db.local().await.map_err(interrupted)?);
-                    let conn = db.local().await.map_err(interrupted)?;
-                    claimed = report.deleted_local + report.quarantined;
-                    current = Some(
-                        local::Claim::begin(conn, cur_after, want(claimed))
-                            .await
-                            .map_err(interrupted)?,
-                    );
-                    continue;
+                if !source.is_transient() || resends >= app.config.pool.max_retries {
+                    return Err(interrupted(source));
                 }
-                return Err(interrupted(source));
+                let delay = crate::retry::backoff_delay(resends);
+                resends += 1;
+                report.resent_batches += 1;
+                tracing::warn!(
+                    batch = report.batches + 1,
+                    attempt = resends,
+                    next_delay_ms = delay.as_millis() as u64,
+                    "batch failed, sending it again on a new connection after the backoff: {source}"
+                );
+                if backoff(delay, cancel).await {
+                    break;
+                }
+                rc = db.remote().await.map_err(interrupted)?;
+                spare = Some(db.local().await.map_err(interrupted)?);
+                let conn = db.local().await.map_err(interrupted)?;
+                claimed = moved(&report);
+                current = Some(
+                    local::Claim::begin(conn, cur_after, want(claimed))
+                        .await
+                        .map_err(interrupted)?,
+                );
+                continue;
             }
-            Err(remote::SendError::TooManyRejected(first)) => {
+            Some(Err(remote::SendError::Operator { cause, hint })) => {
+                db.note_error(Side::Remote, &cause);
+                return Err(UploadError::RemoteTable {
+                    batch: report.batches + 1,
+                    done: moved(&report),
+                    cause,
+                    hint,
+                });
+            }
+            Some(Err(remote::SendError::TooManyRejected(first))) => {
                 return Err(UploadError::TooManyRejected {
                     batch: report.batches + 1,
                     first,
                 })
             }
         };
-        retried = false;
+        resends = 0;
         tracing::debug!(
             batch = report.batches + 1,
             rows = cur.rows().len(),

@@ -43,20 +43,39 @@
 //! - a retry never duplicates a row remotely: the remote's primary key
 //!   `(meter_id, point, recorded_at)` is checked before the first batch, and
 //!   every re-send goes through `ON CONFLICT DO NOTHING`;
+//! - only rows whose own data the remote refuses are quarantined; a refusal
+//!   of the table's shape (no partition for the row, a missing column or
+//!   table, permission denied) moves nothing: the batch stays local and the
+//!   upload fails with what to change ([`reject`] decides, on SQLSTATE and
+//!   the error's fields, never on message text);
+//! - a row the remote already holds with another value is never dropped
+//!   silently: it is counted in `conflicts` and kept with both values in
+//!   `meter_readings_conflicts` (the remote row is never overwritten);
 //! - rows that arrive locally during an upload are deleted only if uploaded;
 //! - two uploaders never send the same rows (row locks, `SKIP LOCKED`);
 //! - memory grows with the batch size, not with the backlog;
+//! - every remote transaction has a deadline derived from its size
+//!   (`SET LOCAL statement_timeout` and a client-side I/O deadline, see
+//!   [`deadline`]): a frozen link fails the batch, which stays local;
 //! - cancellation is honoured between batches: every committed batch is
-//!   uploaded and deleted, nothing is half-done;
+//!   uploaded and deleted, nothing is half-done; a send that does not finish
+//!   within [`CANCEL_GRACE`] of the cancellation is abandoned (its rows stay
+//!   local; a later re-send finds whatever the remote committed);
 //! - the remote sees only unnamed statements, or statements inside one
 //!   transaction, so it works through a transaction-mode pooler;
 //! - a batch that fails on a transient remote error (a dropped connection, a
-//!   restart) is sent once more on a new connection; a second failure ends
-//!   the call with an error that says the backlog is intact.
+//!   restart, PgBouncer's `server login has been failing`) is sent again on
+//!   a new connection after the retry policy's backoff ([`crate::retry`]:
+//!   2 s, 4 s, 8 s, ... for `MAX_CONNECTION_RETRIES` re-sends in a row, so
+//!   at most 62 s of waiting with the default 5), cancellable; when they are
+//!   used up the call ends with an error that says the backlog is intact.
 
 mod batches;
 mod local;
+pub mod reject;
 mod remote;
+
+pub use remote::{deadline, CLIENT_GRACE, DEADLINE_BASE, DEADLINE_PER_ROW};
 
 use std::time::Instant;
 
@@ -138,13 +157,36 @@ pub struct QuarantinedRow {
     pub error: String,
 }
 
+/// How long a send may go on after a cancellation before it is abandoned:
+/// a healthy batch finishes (so nothing is left half-known), a frozen link
+/// does not hold up a shutdown.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A reading the remote holds with the same key and another value, now in
+/// `meter_readings_conflicts`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ConflictRow {
+    /// Its local id (kept in the conflicts table).
+    pub id: i64,
+    /// The meter.
+    pub meter_id: i64,
+    /// The point name.
+    pub point: String,
+    /// When it was read (RFC 3339).
+    pub recorded_at: String,
+    /// The value read locally.
+    pub local_value: f64,
+    /// The value the remote holds (`null` if its column allows NULL).
+    pub remote_value: Option<f64>,
+}
+
 /// What one upload did.
 #[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct UploadReport {
     /// Rows inserted remotely by this call.
     pub uploaded: u64,
-    /// Rows the remote already held (a batch re-sent after a crash); deleted
-    /// locally, not inserted again.
+    /// Rows the remote already held with the same value (a batch re-sent
+    /// after a crash); deleted locally, not inserted again.
     pub already_present: u64,
     /// Rows deleted from the local backlog because the remote holds them
     /// (`uploaded + already_present`).
@@ -159,6 +201,14 @@ pub struct UploadReport {
     pub quarantined: u64,
     /// The first quarantined rows (at most 100), with the remote's error.
     pub quarantined_rows: Vec<QuarantinedRow>,
+    /// Rows the remote already held with another value, moved to
+    /// `meter_readings_conflicts` with both values (`list_quarantine` with
+    /// `conflicts: true` lists them).
+    pub conflicts: u64,
+    /// The first conflicts (at most 100), with both values.
+    pub conflict_rows: Vec<ConflictRow>,
+    /// Batches sent again after a transient remote failure.
+    pub resent_batches: u64,
     /// Whether the call stopped early on request.
     pub cancelled: bool,
     /// Wall time of the call.
@@ -204,6 +254,19 @@ pub enum UploadError {
         source: DbError,
         /// What to do next.
         hint: &'static str,
+    },
+    /// The remote refused the batch for a reason the operator must fix on
+    /// the remote (no partition for the rows, a missing column, permission).
+    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: the remote table refused the rows: {cause}; the rows of that batch are still local (none was quarantined): {hint}")]
+    RemoteTable {
+        /// The batch that failed (1-based).
+        batch: u64,
+        /// Rows uploaded (or found present) and deleted before it.
+        done: u64,
+        /// The remote's error.
+        cause: String,
+        /// What to change on the remote.
+        hint: String,
     },
     /// The remote rejects too much of one batch to be bad readings.
     #[error("the remote rejected more than {MAX_REJECTED_PER_BATCH} rows of batch {batch} (first error: {first}); this looks like a mismatch between the remote table and the contract, not bad readings, so nothing of that batch was moved; check the remote's constraints on meter_readings, then run the upload again")]
