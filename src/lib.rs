@@ -19,6 +19,8 @@
 //! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator).
 //! - [`collect`]: meters -> local readings (`collect_meters`, `read_meter`).
 //! - [`upload`]: local readings -> remote, exactly once (`upload_readings`).
+//! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
+//!   listed and requeued (`list_quarantine`, `requeue_readings`).
 //! - [`download`]: remote tenants and meters -> local (`download_*`).
 //! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
 //! - [`meters`]: the local meter list, paged (`list_meters`).
@@ -42,6 +44,7 @@ pub mod mcp;
 pub mod meters;
 pub mod migrate;
 pub mod progress;
+pub mod quarantine;
 pub mod retry;
 pub mod runs;
 pub mod status;
