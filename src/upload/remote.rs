@@ -14,7 +14,8 @@
 //!   (bad row, missing partition, wrong table, transient) is decided by
 //!   [`super::reject::classify`].
 //! - Deadlines: every statement runs under `SET LOCAL statement_timeout`
-//!   derived from the batch size ([`deadline`]), and the client gives up on
+//!   (and `idle_in_transaction_session_timeout`) derived from the batch
+//!   size ([`deadline`]), and the client gives up on
 //!   the whole send after that plus [`CLIENT_GRACE`] (the fast path) or three
 //!   times that (the bisecting path), so a frozen link fails the batch, which
 //!   stays local, instead of hanging.
@@ -224,9 +225,14 @@ pub(super) async fn send(
     }
 }
 
-/// `SET LOCAL statement_timeout` for a transaction (milliseconds).
+/// `SET LOCAL statement_timeout` for a transaction (milliseconds), and the
+/// same idle-in-transaction timeout, so a server whose client went silent
+/// (a frozen link) ends the transaction and frees its locks by itself.
 fn set_timeout(limit: Duration) -> String {
-    format!("SET LOCAL statement_timeout = {}", limit.as_millis())
+    let ms = limit.as_millis();
+    format!(
+        "SET LOCAL statement_timeout = {ms}; SET LOCAL idle_in_transaction_session_timeout = {ms}"
+    )
 }
 
 async fn copy_batch(
