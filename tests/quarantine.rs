@@ -24,7 +24,7 @@ async fn seed(c: &tokio_postgres::Client, n: i64, offset: i64, bump: f64) -> Res
         "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
          SELECT g % 50 + 1, CASE WHEN g % 3 = 0 THEN 'power_kw' ELSE 'energy_kwh' END,
                 timestamptz '2026-01-01 00:00:00+00' + (g + $2) * interval '1 second',
-                g / 4.0 + $3, CASE WHEN g % 7 = 0 THEN NULL ELSE 'kWh' END
+                g / 4.0 + $3::float8, CASE WHEN g % 7 = 0 THEN NULL ELSE 'kWh' END
          FROM generate_series(1, $1::bigint) g",
         &[&n, &offset, &bump],
     )
@@ -158,6 +158,21 @@ async fn a_missing_partition_keeps_rows_local_and_a_check_quarantines_only_its_r
     assert_eq!(count(&lc, "meter_readings").await?, 0);
     assert_eq!(count(&lc, "meter_readings_quarantine").await?, 3);
     assert_eq!(fingerprint(&rc, "meter_readings").await?, good);
+
+    // A role that may not insert: a table-shape error too, nothing moved.
+    rc.batch_execute(&format!(
+        "CREATE ROLE reader LOGIN PASSWORD '{TEST_PASSWORD}'; GRANT SELECT ON meter_readings TO reader"
+    ))
+    .await?;
+    seed(&lc, 100, 2 * FEBRUARY, 0.0).await?;
+    let mut env = w.env.clone();
+    env.insert("POSTGRES_CLIENT_USER".into(), "reader".into());
+    let out = run_cli(&env, &["upload"], "upload-denied").await?;
+    assert!(!out.ok);
+    assert!(out.stderr.contains("GRANT INSERT"), "{}", out.stderr);
+    assert!(!out.stderr.contains(TEST_PASSWORD));
+    assert_eq!(count(&lc, "meter_readings").await?, 100);
+    assert_eq!(count(&lc, "meter_readings_quarantine").await?, 3);
     Ok(())
 }
 

@@ -13,6 +13,7 @@
 //! errors, [`Rejection::Transient`] is transient, [`Rejection::Other`] is
 //! whatever the caller's general classification says (a bug or unknown).
 
+use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use tokio_postgres::error::SqlState;
 
 /// How the upload treats one remote error.
@@ -85,18 +86,21 @@ pub fn classify(e: &tokio_postgres::Error) -> Rejection {
     Rejection::Other
 }
 
-/// What the operator should change, for a table-shape rejection; `month`
-/// is the month (`YYYY-MM`) of the row that found no partition, when known.
-pub fn operator_hint(e: &tokio_postgres::Error, month: Option<&str>) -> String {
+/// What the operator should change, for a table-shape rejection; `when`
+/// is the time of the row that found no partition, when known (the hint
+/// names its month, in UTC, and the partition bounds that cover it).
+pub fn operator_hint(e: &tokio_postgres::Error, when: Option<DateTime<Utc>>) -> String {
     let Some(db) = e.as_db_error() else {
         return "check the remote table meter_readings".into();
     };
     let table = db.table().unwrap_or("meter_readings");
     match classify(e) {
-        Rejection::NoPartition => match month {
-            Some(m) => format!(
-                "add a partition of {table} covering {m} (e.g. CREATE TABLE {table}_{} PARTITION OF {table} FOR VALUES FROM ('{m}-01') TO ('<first day of the next month>')), then run the upload again",
-                m.replace('-', "_")
+        Rejection::NoPartition => match when.and_then(month_bounds) {
+            Some((from, to)) => format!(
+                "add a partition of {table} covering {m} (e.g. CREATE TABLE {table}_{y}_{mo} PARTITION OF {table} FOR VALUES FROM ('{from}+00') TO ('{to}+00')), then run the upload again",
+                m = from.format("%Y-%m"),
+                y = from.format("%Y"),
+                mo = from.format("%m"),
             ),
             None => format!("add a partition of {table} covering the readings' months, then run the upload again"),
         },
@@ -115,5 +119,24 @@ pub fn operator_hint(e: &tokio_postgres::Error, month: Option<&str>) -> String {
                 db.code().code()
             ),
         },
+    }
+}
+
+/// The first day of `t`'s month (UTC) and of the next month.
+fn month_bounds(t: DateTime<Utc>) -> Option<(NaiveDate, NaiveDate)> {
+    let from = NaiveDate::from_ymd_opt(t.year(), t.month(), 1)?;
+    Some((from, from.checked_add_months(Months::new(1))?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn month_bounds_cover_the_row_and_roll_over_the_year() {
+        let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).single();
+        let b = t.and_then(month_bounds).map(|(a, b)| (a.to_string(), b.to_string()));
+        assert_eq!(b, Some(("2026-12-01".into(), "2027-01-01".into())));
     }
 }

@@ -24,7 +24,6 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
@@ -131,17 +130,11 @@ fn data_message(e: &tokio_postgres::Error) -> String {
     }
 }
 
-/// The month (`YYYY-MM`, UTC) of a reading, for a missing-partition hint.
-fn month(t: &DateTime<Utc>) -> String {
-    t.format("%Y-%m").to_string()
-}
-
 /// The operator error for a table-shape rejection.
 fn operator(e: &tokio_postgres::Error, row: Option<&Reading>) -> SendError {
-    let m = row.map(|r| month(&r.recorded_at));
     SendError::Operator {
         cause: data_message(e),
-        hint: reject::operator_hint(e, m.as_deref()),
+        hint: reject::operator_hint(e, row.map(|r| r.recorded_at)),
     }
 }
 
