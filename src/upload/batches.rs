@@ -203,7 +203,13 @@ pub(super) async fn run_batches(
                 drop((cur, next));
                 drop(deadpool_postgres::Object::take(rc));
                 if !source.is_transient() || resends >= app.config.pool.max_retries {
-                    return Err(interrupted(source));
+                    // The previous batch settled meanwhile: count it.
+                    return Err(UploadError::Interrupted {
+                        batch: report.batches + 1,
+                        done: moved(&report),
+                        hint: hint(&source),
+                        source,
+                    });
                 }
                 let delay = crate::retry::backoff_delay(resends);
                 resends += 1;
