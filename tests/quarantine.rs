@@ -568,3 +568,63 @@ async fn a_remote_restart_behind_pgbouncer_during_several_uploads_is_ridden_out(
     assert_eq!(fingerprint(&rc, "meter_readings").await?, before);
     Ok(())
 }
+
+#[tokio::test]
+async fn sigterm_during_a_frozen_link_stops_the_upload_promptly_and_loses_nothing() -> Result<()> {
+    const N: i64 = 100_000;
+    let w = World::start().await?;
+    let proxy = proxy::Proxy::start(w.remote.port).await?;
+    let mut env = w.env.clone();
+    env.extend(env_for("CLIENT", proxy.port));
+    let lc = w.local.client().await?;
+    seed(&lc, N, 0, 0.0).await?;
+    let before = fingerprint(&lc, "meter_readings").await?;
+    let wd = workdir();
+    let child = metersync_cmd(&env, wd.path())
+        .args(["upload", "--batch-size", "500"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_until(
+        "the first batches to upload",
+        Duration::from_secs(60),
+        || async { Ok(count(&lc, "meter_readings").await? < N) },
+    )
+    .await?;
+    proxy.set_frozen(true);
+    // Let the upload get stuck on the frozen link (a send outlives any
+    // healthy batch by far), then stop it.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let at_fault = count(&lc, "meter_readings").await?;
+    assert!(0 < at_fault && at_fault < N, "{at_fault}");
+    let pid = child.id().context("child pid")? as i32;
+    let t0 = Instant::now();
+    // SAFETY: kill has no memory preconditions; pid is our live child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .context("SIGTERM did not stop the upload")??;
+    let took = t0.elapsed();
+    std::io::Write::write_all(&mut log_file("upload-frozen-sigterm")?.0, &out.stderr)?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(took < Duration::from_secs(5), "took {took:?}: {stderr}");
+    assert!(out.status.success(), "{stderr}");
+    let r: Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(r["cancelled"], true, "{r}");
+    let left = count(&lc, "meter_readings").await?;
+    assert!(left > 0 && left <= at_fault, "{left}");
+    eprintln!("SIGTERM on a frozen link: stopped in {took:?}, {left} rows still local");
+
+    proxy.set_frozen(false);
+    let r = cli_json(
+        &env,
+        &["upload", "--batch-size", "5000"],
+        "upload-after-sigterm",
+    )
+    .await?;
+    assert_eq!(r["remaining"], 0, "{r}");
+    let rc = w.remote.client().await?;
+    assert_eq!(fingerprint(&rc, "meter_readings").await?, before);
+    Ok(())
+}

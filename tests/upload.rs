@@ -208,7 +208,10 @@ async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Re
         // connection: the upload completes through the fault.
         assert!(out.status.success(), "{fault}: {stderr}");
         let r: Value = serde_json::from_slice(&out.stdout)?;
-        assert!(r["resent_batches"].as_u64().unwrap_or(0) >= 1, "{fault}: {r}");
+        assert!(
+            r["resent_batches"].as_u64().unwrap_or(0) >= 1,
+            "{fault}: {r}"
+        );
         assert_eq!(r["remaining"], 0, "{fault}: {r}");
         eprintln!("{fault}: {at_fault} rows left at the fault; {r}");
         assert_eq!(count(&lc, "meter_readings").await?, 0, "{fault}");
@@ -463,7 +466,14 @@ async fn an_interrupt_stops_between_batches_with_nothing_half_done() -> Result<(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Interrupt once the first batches are in, so the stop hits mid-upload.
+    let t0 = std::time::Instant::now();
+    while count(&lc, "meter_readings").await? >= 200_000 {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the upload never started");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = child.id().context("child pid")? as i32;
     // SAFETY: kill has no memory preconditions; pid is our live child.
     unsafe { libc::kill(pid, libc::SIGINT) };

@@ -136,7 +136,9 @@ mod tests {
     #[test]
     fn month_bounds_cover_the_row_and_roll_over_the_year() {
         let t = Utc.with_ymd_and_hms(2026, 12, 31, 23, 59, 59).single();
-        let b = t.and_then(month_bounds).map(|(a, b)| (a.to_string(), b.to_string()));
+        let b = t
+            .and_then(month_bounds)
+            .map(|(a, b)| (a.to_string(), b.to_string()));
         assert_eq!(b, Some(("2026-12-01".into(), "2027-01-01".into())));
     }
 }
