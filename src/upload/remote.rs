@@ -2,7 +2,8 @@
 //! when it can be, idempotent when it must be, always within a deadline.
 //!
 //! - Fast path: `BEGIN; SET LOCAL statement_timeout` (one simple query),
-//!   binary `COPY` straight into `meter_readings`, `COMMIT`: four round trips
+//!   binary `COPY` straight into `meter_readings`, `COMMIT`: five round trips
+//!   (BEGIN and SET, prepare, COPY start, data, COMMIT)
 //!   (the COPY's statement is prepared and closed inside the transaction,
 //!   which a transaction-mode pooler allows).
 //! - If the remote already holds a row of the batch (unique violation), or
