@@ -22,6 +22,13 @@
 //!    `meter_readings_quarantine` with the remote's error; `COMMIT` makes the
 //!    delete of step 1 durable.
 //!
+//! The remote side sits behind the small `Destination` trait of `destination.rs`
+//! (open, send, reconnect, abandon) whose delivery semantics are documented
+//! there: idempotent on the reading key; an error means "outcome unknown,
+//! send again". The batch loop is unit-tested against an in-memory
+//! destination with failures injected before the commit, after it (a lost
+//! acknowledgement) and during the local settle.
+//!
 //! Two batches are in flight: while batch `k` is sent, batch `k-1` settles
 //! and batch `k+1` is claimed, each in its own local transaction, so the
 //! local and the remote work overlap.
@@ -71,6 +78,7 @@
 //!   used up the call ends with an error that says the backlog is intact.
 
 mod batches;
+mod destination;
 mod local;
 pub mod reject;
 mod remote;
@@ -320,8 +328,11 @@ pub async fn upload(
         source,
     };
     let run = runs::start(&app.db, "upload").await.map_err(start)?;
+    let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
     let result = batches::run_batches(
-        app,
+        &app.db,
+        &mut dest,
+        app.config.pool.max_retries,
         batch_size,
         opts.max_rows,
         progress,
