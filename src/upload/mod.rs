@@ -118,6 +118,43 @@ pub struct UploadOptions {
 }
 
 impl UploadOptions {
+    /// Options from signed numbers, as a JSON tool argument arrives: a
+    /// negative value is named like any other out-of-range one (the bounds
+    /// themselves are checked when the upload starts).
+    ///
+    /// Fails naming the argument when a value is below 1.
+    pub fn from_signed(
+        batch_size: Option<i64>,
+        max_rows: Option<i64>,
+    ) -> Result<Self, UploadError> {
+        let batch_size = match batch_size {
+            Some(b) if b < 1 => {
+                return Err(UploadError::InvalidArgument {
+                    name: "batch_size",
+                    reason: format!("must be between 1 and {MAX_BATCH_SIZE}, got {b}"),
+                })
+            }
+            Some(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let max_rows = match max_rows {
+            Some(m) if m < 1 => {
+                return Err(UploadError::InvalidArgument {
+                    name: "max_rows",
+                    reason: format!(
+                        "must be at least 1 (leave it out to upload the whole backlog), got {m}"
+                    ),
+                })
+            }
+            Some(m) => Some(m.unsigned_abs()),
+            None => None,
+        };
+        Ok(UploadOptions {
+            batch_size,
+            max_rows,
+        })
+    }
+
     /// Checks the bounds and fills in the default batch size
     /// (`UPLOAD_BATCH_SIZE`, which the configuration accepts up to 1,000,000,
     /// capped here at [`MAX_BATCH_SIZE`]).
@@ -393,5 +430,16 @@ mod tests {
             let e = o.batch_size(10_000).err().map(|e| e.to_string());
             assert!(e.as_deref().unwrap_or("").contains(name), "{e:?}");
         }
+        for (b, m, name) in [(Some(-5), None, "batch_size"), (None, Some(0), "max_rows")] {
+            let e = UploadOptions::from_signed(b, m)
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.as_deref().unwrap_or("").contains(name), "{e:?}");
+        }
+        let o = UploadOptions::from_signed(Some(500), Some(7)).ok();
+        assert_eq!(
+            o.map(|o| (o.batch_size, o.max_rows)),
+            Some((Some(500), Some(7)))
+        );
     }
 }
