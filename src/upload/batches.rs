@@ -223,10 +223,17 @@ pub(super) async fn run_batches<D: Destination + Send>(
                 if backoff(delay, cancel).await {
                     break;
                 }
+                claimed = moved(&report);
+                // Counts the previous batch, which settled meanwhile.
+                let interrupted = |source: DbError| UploadError::Interrupted {
+                    batch: report.batches + 1,
+                    done: claimed,
+                    hint: hint(&source),
+                    source,
+                };
                 dest.reconnect().await.map_err(interrupted)?;
                 spare = Some(db.local().await.map_err(interrupted)?);
                 let conn = db.local().await.map_err(interrupted)?;
-                claimed = moved(&report);
                 current = Some(
                     local::Claim::begin(conn, cur_after, want(claimed))
                         .await
