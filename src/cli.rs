@@ -61,7 +61,7 @@ enum Command {
         dry_run: bool,
     },
     /// Upload the local backlog to the remote, exactly once; prints the
-    /// report as JSON. Ctrl-C stops between batches.
+    /// report as JSON. Ctrl-C or SIGTERM stops between batches.
     Upload {
         /// Rows per remote transaction, 1 to 100000 (default UPLOAD_BATCH_SIZE).
         #[arg(long)]
@@ -92,6 +92,30 @@ enum Command {
     Cycle,
     /// The daemon: collect, upload and download on their intervals until SIGTERM/SIGINT.
     Run,
+    /// List the readings the upload set aside (the quarantine, or with
+    /// --conflicts the conflicts) as JSON, or requeue chosen ones into the
+    /// backlog (--requeue ID... or --all); with --conflicts --discard, delete
+    /// the chosen conflict records instead (the remote's value stands).
+    Quarantine {
+        /// Requeue these ids (repeat or list several).
+        #[arg(long, num_args = 1.., value_name = "ID")]
+        requeue: Vec<i64>,
+        /// Act on every row (10000 per call; the report says what is left).
+        #[arg(long)]
+        all: bool,
+        /// The conflicts table instead of the quarantine.
+        #[arg(long)]
+        conflicts: bool,
+        /// With --conflicts: discard the chosen conflicts instead of requeueing them.
+        #[arg(long, requires = "conflicts")]
+        discard: bool,
+        /// Listing: rows per page, 1 to 500 (default 50).
+        #[arg(long)]
+        limit: Option<i64>,
+        /// Listing: the next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// The embedded demo: throwaway clusters and simulated meters on loopback, one full cycle.
     Demo {
         /// Keep the demo world up and serve MCP over stdio against it.
@@ -215,14 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let app = load()?;
             app.db.initialize().await?;
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::info!("interrupted: stopping after the batch in flight");
-                    on_signal.cancel();
-                }
-            });
+            let cancel = cancel_on_signal();
             let opts = metersync::upload::UploadOptions {
                 batch_size,
                 max_rows,
@@ -302,6 +319,42 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
             metersync::daemon::run(app, cancel_on_signal()).await;
+        }
+        Command::Quarantine {
+            requeue,
+            all,
+            conflicts,
+            discard,
+            limit,
+            cursor,
+        } => {
+            use metersync::quarantine::{self, Action, Selection, Shelf};
+            let app = load()?;
+            app.db
+                .initialize_side(metersync::config::Side::Local)
+                .await?;
+            let shelf = Shelf::from_conflicts(conflicts);
+            let acting = all || discard || !requeue.is_empty();
+            // The engine's message names the argument or the cause: print it once.
+            let fail = |e: quarantine::QuarantineError| anyhow::anyhow!("{e}");
+            if acting {
+                let selection = Selection::from_args(Some(requeue), all).map_err(fail)?;
+                let action = if discard {
+                    Action::Discard
+                } else {
+                    Action::Requeue
+                };
+                let r = quarantine::requeue(&app.db, shelf, selection, action)
+                    .await
+                    .map_err(fail)?;
+                print_json(&r)?;
+            } else {
+                let page = quarantine::list(&app.db, shelf, limit, cursor.as_deref())
+                    .await
+                    .map_err(fail)?;
+                print_json(&page)?;
+            }
+            app.db.close();
         }
         Command::Demo { serve } => demo(serve, cli.read_only).await?,
     }

@@ -22,6 +22,8 @@
 //!   their limits) that download, collect, `read_meter` and `list_meters` share.
 //! - [`collect`]: meters -> local readings (`collect_meters`, `read_meter`).
 //! - [`upload`]: local readings -> remote, exactly once (`upload_readings`).
+//! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
+//!   listed and requeued (`list_quarantine`, `requeue_readings`).
 //! - [`download`]: remote tenants and meters -> local (`download_*`).
 //! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
 //! - [`meters`]: the local meter list, paged (`list_meters`).
@@ -47,6 +49,7 @@ pub mod meter_def;
 pub mod meters;
 pub mod migrate;
 pub mod progress;
+pub mod quarantine;
 pub mod retry;
 pub mod runs;
 pub mod status;

@@ -45,6 +45,10 @@ pub const LOCAL: &[Migration] = &[
         version: "0003_upload",
         sql: include_str!("../migrations/local/0003_upload.sql"),
     },
+    Migration {
+        version: "0005_conflicts",
+        sql: include_str!("../migrations/local/0005_conflicts.sql"),
+    },
 ];
 
 /// The remote database's migrations, in order.

@@ -9,14 +9,16 @@ use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
 
-const ALL_TOOLS: [&str; 10] = [
+const ALL_TOOLS: [&str; 12] = [
     "collect_meters",
     "connection_status",
     "discover_devices",
     "download_meters",
     "download_tenants",
     "list_meters",
+    "list_quarantine",
     "read_meter",
+    "requeue_readings",
     "run_sync_cycle",
     "sync_status",
     "upload_readings",
@@ -306,6 +308,7 @@ async fn read_only_mode_serves_only_the_readers() -> anyhow::Result<()> {
                 "connection_status",
                 "discover_devices",
                 "list_meters",
+                "list_quarantine",
                 "read_meter",
                 "sync_status"
             ],

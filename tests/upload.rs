@@ -1,6 +1,6 @@
 //! The upload engine against real clusters, with faults injected for real:
 //! round trip, kill -9 at random instants, a cut connection and a restarted
-//! remote mid-upload, two uploaders at once, PgBouncer in transaction mode,
+//! remote mid-upload (ridden out by re-sending after the backoff), two uploaders at once, PgBouncer in transaction mode,
 //! poison rows, a crash between the remote commit and the local delete, and
 //! `upload_readings` over MCP with progress notifications.
 
@@ -162,15 +162,20 @@ async fn kill_dash_nine_at_random_instants_loses_and_doubles_nothing() -> Result
 
 #[tokio::test]
 async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Result<()> {
+    const N: i64 = 60_000;
     let w = World::start().await?;
     let proxy = proxy::Proxy::start(w.remote.port).await?;
     let mut env = w.env.clone();
     env.extend(env_for("CLIENT", proxy.port));
     let lc = w.local.client().await?;
-    seed(&lc, 60_000, 0).await?;
-    let before = fingerprint(&lc, "meter_readings").await?;
+    // Every row ever seeded, to compare the remote with at the end.
+    lc.batch_execute("CREATE TABLE expected (LIKE meter_readings)")
+        .await?;
 
-    for fault in ["cut", "restart"] {
+    for (i, fault) in ["cut", "restart"].into_iter().enumerate() {
+        seed(&lc, N, i as i64 * 100_000).await?;
+        lc.batch_execute("INSERT INTO expected SELECT * FROM meter_readings")
+            .await?;
         let wd = workdir();
         let child = metersync_cmd(&env, wd.path())
             .args(["upload", "--batch-size", "500"])
@@ -178,32 +183,46 @@ async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Re
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()?;
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        // The fault hits mid-upload: after the first batches, before the last.
+        let t0 = std::time::Instant::now();
+        while count(&lc, "meter_readings").await? >= N {
+            if t0.elapsed() > Duration::from_secs(60) {
+                bail!("{fault}: the upload never started");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let at_fault = count(&lc, "meter_readings").await?;
         match fault {
             "cut" => proxy.cut(),
             _ => w.remote.restart()?,
         }
+        assert!(
+            0 < at_fault && at_fault < N,
+            "{fault}: the fault must hit mid-upload ({at_fault} of {N} left)"
+        );
         let out = child.wait_with_output().await?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         std::io::Write::write_all(&mut log_file("upload-fault")?.0, &out.stderr)?;
         assert!(!stderr.contains(TEST_PASSWORD));
-        if out.status.success() {
-            eprintln!("{fault}: the upload completed (retried through the fault)");
-        } else {
-            assert!(
-                stderr.contains("run the upload again"),
-                "{fault}: unclear error: {stderr}"
-            );
-            eprintln!("{fault}: the upload failed cleanly");
-        }
-        let left = count(&lc, "meter_readings").await?;
-        eprintln!("{fault}: {left} rows left locally");
+        // The batch in flight is sent again after the backoff, on a new
+        // connection: the upload completes through the fault.
+        assert!(out.status.success(), "{fault}: {stderr}");
+        let r: Value = serde_json::from_slice(&out.stdout)?;
+        assert!(
+            r["resent_batches"].as_u64().unwrap_or(0) >= 1,
+            "{fault}: {r}"
+        );
+        assert_eq!(r["remaining"], 0, "{fault}: {r}");
+        eprintln!("{fault}: {at_fault} rows left at the fault; {r}");
+        assert_eq!(count(&lc, "meter_readings").await?, 0, "{fault}");
     }
     let r = upload(&env, &["--batch-size", "500"]).await?;
-    assert_eq!(r["remaining"], 0, "{r}");
+    assert_eq!(r["uploaded"], 0, "{r}");
     let rc = w.remote.client().await?;
-    assert_eq!(count(&lc, "meter_readings").await?, 0);
-    assert_eq!(fingerprint(&rc, "meter_readings").await?, before);
+    assert_eq!(
+        fingerprint(&rc, "meter_readings").await?,
+        fingerprint(&lc, "expected").await?
+    );
     Ok(())
 }
 
@@ -447,7 +466,14 @@ async fn an_interrupt_stops_between_batches_with_nothing_half_done() -> Result<(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Interrupt once the first batches are in, so the stop hits mid-upload.
+    let t0 = std::time::Instant::now();
+    while count(&lc, "meter_readings").await? >= 200_000 {
+        if t0.elapsed() > Duration::from_secs(60) {
+            bail!("the upload never started");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let pid = child.id().context("child pid")? as i32;
     // SAFETY: kill has no memory preconditions; pid is our live child.
     unsafe { libc::kill(pid, libc::SIGINT) };

@@ -22,41 +22,11 @@ pub struct UploadArgs {
     pub max_rows: Option<i64>,
 }
 
-impl UploadArgs {
-    /// The engine's options; a negative number is named like any other
-    /// out-of-range value.
-    fn options(&self) -> Result<UploadOptions, String> {
-        let batch_size = match self.batch_size {
-            Some(b) if b < 1 => {
-                return Err(format!(
-                    "invalid batch_size: must be between 1 and {}, got {b}",
-                    crate::upload::MAX_BATCH_SIZE
-                ))
-            }
-            Some(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
-            None => None,
-        };
-        let max_rows = match self.max_rows {
-            Some(m) if m < 1 => {
-                return Err(format!(
-                    "invalid max_rows: must be at least 1 (leave it out to upload the whole backlog), got {m}"
-                ))
-            }
-            Some(m) => Some(m as u64),
-            None => None,
-        };
-        Ok(UploadOptions {
-            batch_size,
-            max_rows,
-        })
-    }
-}
-
 #[tool_router(router = upload_router, vis = "pub(super)")]
 impl MeterSyncServer {
     /// Uploads the local backlog to the remote, exactly once.
     #[tool(
-        description = "Upload the readings waiting in the local database to the central database, in batches, exactly once: each batch is deleted locally only after the remote committed it, rows the remote already holds are counted in already_present (never doubled), and rows the remote rejects as bad data are moved to the local quarantine table and listed in quarantined_rows. Safe to re-run at any time; stops between batches when cancelled. Sends progress notifications when given a progress token.",
+        description = "Upload the readings waiting in the local database to the central database, in batches, exactly once: each batch is deleted locally only after the remote committed it, rows the remote already holds are counted in already_present (never doubled), and rows the remote rejects as bad data (a CHECK on the value, an unknown meter) are moved to the local quarantine and listed in quarantined_rows, and rows the remote holds with another value are kept locally as conflicts (both values, listed in conflict_rows; the remote row is never overwritten); see list_quarantine and requeue_readings. If the remote table itself refuses the rows (no partition for their month, a missing column, no INSERT privilege) nothing is moved and the error says what to change. A transient failure is re-sent after a backoff; every batch has a deadline. Safe to re-run at any time; stops between batches when cancelled. Sends progress notifications when given a progress token.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -69,7 +39,8 @@ impl MeterSyncServer {
         Parameters(args): Parameters<UploadArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<UploadReport>, String> {
-        let opts = args.options()?;
+        let opts = UploadOptions::from_signed(args.batch_size, args.max_rows)
+            .map_err(|e| e.to_string())?;
         let cancel = ctx.ct.clone();
         let progress = McpProgress::new(&ctx);
         let result = crate::upload::upload(&self.app, opts, &progress, &cancel).await;

@@ -4,17 +4,17 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{hint, local, remote, QuarantinedRow, UploadError, UploadReport, QUARANTINE_LIST_CAP};
-use crate::app::App;
+use super::destination::Destination;
+use super::{hint, local, remote, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
 use crate::config::Side;
-use crate::db::DbError;
+use crate::db::{Databases, DbError};
 use crate::progress::Progress;
 
 /// Adds one settled batch to the report and reports progress.
 fn account(
     report: &mut UploadReport,
     sent: &remote::Sent,
-    quarantined: Vec<QuarantinedRow>,
+    settled: local::Settled,
     progress: &dyn Progress,
     total: u64,
 ) {
@@ -22,13 +22,18 @@ fn account(
     report.uploaded += sent.inserted as u64;
     report.already_present += sent.already_present as u64;
     report.deleted_local += n;
-    report.quarantined += quarantined.len() as u64;
+    report.quarantined += settled.quarantined.len() as u64;
     let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
     report
         .quarantined_rows
-        .extend(quarantined.into_iter().take(room));
+        .extend(settled.quarantined.into_iter().take(room));
+    report.conflicts += settled.conflicts.len() as u64;
+    let room = QUARANTINE_LIST_CAP.saturating_sub(report.conflict_rows.len());
+    report
+        .conflict_rows
+        .extend(settled.conflicts.into_iter().take(room));
     report.batches += 1;
-    let done = report.deleted_local + report.quarantined;
+    let done = moved(report);
     progress.update(
         done,
         Some(total),
@@ -36,12 +41,47 @@ fn account(
     );
 }
 
+/// Rows that left the backlog so far (uploaded, present, set aside).
+fn moved(report: &UploadReport) -> u64 {
+    report.deleted_local + report.quarantined + report.conflicts
+}
+
+/// Sends one batch; gives up `CANCEL_GRACE` after `cancel` fires.
+async fn send_cancellable<D: Destination>(
+    dest: &mut D,
+    rows: &[local::Reading],
+    cancel: &CancellationToken,
+) -> Option<Result<remote::Sent, remote::SendError>> {
+    tokio::select! {
+        r = dest.send(rows) => Some(r),
+        _ = async {
+            cancel.cancelled().await;
+            tokio::time::sleep(CANCEL_GRACE).await;
+        } => None,
+    }
+}
+
+/// Waits `delay` unless `cancel` fires first; returns whether it fired.
+async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => false,
+        _ = cancel.cancelled() => true,
+    }
+}
+
 /// The batch loop, two batches deep: while batch `k` is sent to the remote,
 /// batch `k-1` is settled and batch `k+1` claimed on the local database, each
 /// in its own local transaction. Every batch still settles only after its
 /// own remote commit.
-pub(super) async fn run_batches(
-    app: &App,
+///
+/// `dest` receives the batches (see [`Destination`] for what it must
+/// guarantee); a transient send failure is re-sent after the retry policy's
+/// backoff, at most `max_resends` times in a row.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn run_batches<D: Destination + Send>(
+    db: &Databases,
+    dest: &mut D,
+    max_resends: u32,
     batch_size: usize,
     max_rows: Option<u64>,
     progress: &dyn Progress,
@@ -52,7 +92,6 @@ pub(super) async fn run_batches(
         hint: hint(&source),
         source,
     };
-    let db = &app.db;
     let backlog = local::backlog(db).await.map_err(start)?;
     let total = max_rows.map_or(backlog, |m| m.min(backlog));
     let mut report = UploadReport::default();
@@ -60,11 +99,7 @@ pub(super) async fn run_batches(
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    // Held for the whole call: a checkout per batch would cost the pool's
-    // recycle check, one more remote round trip per batch.
-    let mut rc = db.remote().await.map_err(start)?;
-    remote::check_table(&rc).await?;
-    let site_id = app.config.site_id.as_deref();
+    dest.open().await?;
     // How many rows the next claim may take.
     let want = |claimed: u64| match max_rows {
         _ if cancel.is_cancelled() => 0,
@@ -82,10 +117,11 @@ pub(super) async fn run_batches(
             .map_err(start)?,
     );
     let mut prev: Option<(local::Claim, remote::Sent)> = None;
-    let mut retried = false;
+    // Re-sends in a row of the current batch after transient failures.
+    let mut resends = 0u32;
     loop {
         let batch_no = report.batches + 1 + u64::from(prev.is_some());
-        let done = report.deleted_local + report.quarantined;
+        let done = moved(&report);
         let interrupted = |source: DbError| UploadError::Interrupted {
             batch: batch_no,
             done,
@@ -100,7 +136,10 @@ pub(super) async fn run_batches(
                     let _ = empty.release().await;
                 }
                 if let Some((p, sent)) = prev.take() {
-                    let (q, _) = p.settle(&sent.rejected).await.map_err(interrupted)?;
+                    let (q, _) = p
+                        .settle(&sent.rejected, &sent.conflicts)
+                        .await
+                        .map_err(interrupted)?;
                     account(&mut report, &sent, q, progress, total);
                 }
                 break;
@@ -118,13 +157,13 @@ pub(super) async fn run_batches(
         };
         let (sent, local_side) = tokio::join!(
             async {
-                let r = remote::send(&mut rc, cur.rows(), site_id).await;
+                let r = send_cancellable(dest, cur.rows(), cancel).await;
                 (r, t.elapsed())
             },
             async {
                 let (settled, conn) = match prev_taken {
                     Some((p, sent)) => {
-                        let (q, conn) = p.settle(&sent.rejected).await?;
+                        let (q, conn) = p.settle(&sent.rejected, &sent.conflicts).await?;
                         (Some((sent, q)), Some(conn))
                     }
                     None => (None, spare_taken),
@@ -144,41 +183,81 @@ pub(super) async fn run_batches(
             account(&mut report, &psent, q, progress, total);
         }
         let sent = match sent {
-            Ok(sent) => sent,
-            Err(remote::SendError::Db(source)) => {
+            Some(Ok(sent)) => sent,
+            None => {
+                // Cancelled and the send did not finish within the grace:
+                // abandon it. This batch and the next roll back locally; a
+                // later re-send finds whatever the remote committed.
+                tracing::warn!(
+                    batch = report.batches + 1,
+                    "cancelled while the remote was not answering; the batch in flight stays local"
+                );
+                drop((cur, next));
+                dest.abandon();
+                break;
+            }
+            Some(Err(remote::SendError::Db(source))) => {
                 db.note_error(Side::Remote, &source.to_string());
                 // This batch and the next roll back locally and stay; the
                 // remote outcome of this one may be unknown, which a re-send
                 // resolves (ON CONFLICT).
                 drop((cur, next));
-                drop(deadpool_postgres::Object::take(rc));
-                if source.is_transient() && !retried {
-                    tracing::warn!(
-                        batch = report.batches + 1,
-                        "batch failed, sending it again on a new connection: {source}"
-                    );
-                    retried = true;
-                    rc = db.remote().await.map_err(interrupted)?;
-                    spare = Some(db.local().await.map_err(interrupted)?);
-                    let conn = db.local().await.map_err(interrupted)?;
-                    claimed = report.deleted_local + report.quarantined;
-                    current = Some(
-                        local::Claim::begin(conn, cur_after, want(claimed))
-                            .await
-                            .map_err(interrupted)?,
-                    );
-                    continue;
+                if !source.is_transient() || resends >= max_resends {
+                    // The previous batch settled meanwhile: count it.
+                    return Err(UploadError::Interrupted {
+                        batch: report.batches + 1,
+                        done: moved(&report),
+                        hint: hint(&source),
+                        source,
+                    });
                 }
-                return Err(interrupted(source));
+                let delay = crate::retry::backoff_delay(resends);
+                resends += 1;
+                report.resent_batches += 1;
+                tracing::warn!(
+                    batch = report.batches + 1,
+                    attempt = resends,
+                    next_delay_ms = delay.as_millis() as u64,
+                    "batch failed, sending it again on a new connection after the backoff: {source}"
+                );
+                if backoff(delay, cancel).await {
+                    break;
+                }
+                claimed = moved(&report);
+                // Counts the previous batch, which settled meanwhile.
+                let interrupted = |source: DbError| UploadError::Interrupted {
+                    batch: report.batches + 1,
+                    done: claimed,
+                    hint: hint(&source),
+                    source,
+                };
+                dest.reconnect().await.map_err(interrupted)?;
+                spare = Some(db.local().await.map_err(interrupted)?);
+                let conn = db.local().await.map_err(interrupted)?;
+                current = Some(
+                    local::Claim::begin(conn, cur_after, want(claimed))
+                        .await
+                        .map_err(interrupted)?,
+                );
+                continue;
             }
-            Err(remote::SendError::TooManyRejected(first)) => {
+            Some(Err(remote::SendError::Operator { cause, hint })) => {
+                db.note_error(Side::Remote, &cause);
+                return Err(UploadError::RemoteTable {
+                    batch: report.batches + 1,
+                    done: moved(&report),
+                    cause,
+                    hint,
+                });
+            }
+            Some(Err(remote::SendError::TooManyRejected(first))) => {
                 return Err(UploadError::TooManyRejected {
                     batch: report.batches + 1,
                     first,
                 })
             }
         };
-        retried = false;
+        resends = 0;
         tracing::debug!(
             batch = report.batches + 1,
             rows = cur.rows().len(),
@@ -194,4 +273,315 @@ pub(super) async fn run_batches(
     report.remaining = local::backlog(db).await.unwrap_or(0);
     report.duration_ms = t0.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batch loop against a real local PostgreSQL and an in-memory
+    //! destination that fails on demand: before its commit, after its commit
+    //! (the acknowledgement lost), or while the local side settles.
+
+    use std::collections::{HashMap, HashSet};
+
+    use super::*;
+    use crate::config::Config;
+    use crate::demo::cluster::Cluster;
+    use crate::progress::NoProgress;
+
+    const PW: &str = "unit-test-pw";
+
+    /// The reading key, as the destination deduplicates on it.
+    type Key = (i64, String, i64);
+
+    #[derive(Debug, Clone, Copy)]
+    enum Fault {
+        /// Fails before anything is held (a dropped connection).
+        Refuse,
+        /// Holds the rows, then fails (the commit's reply was lost).
+        LoseAck,
+        /// Holds the rows and answers, but meanwhile every local metersync
+        /// connection dies (the claim and the settle in flight fail).
+        KillLocal,
+    }
+
+    /// An idempotent in-memory destination: rows with a negative value are
+    /// rejected as bad data; a held key with another value is a conflict.
+    struct Fake {
+        held: HashMap<Key, f64>,
+        sends: usize,
+        reconnects: usize,
+        faults: HashMap<usize, Fault>,
+        admin: tokio_postgres::Client,
+    }
+
+    fn transient() -> remote::SendError {
+        remote::SendError::Db(DbError::Query {
+            side: Side::Remote,
+            cause: "injected: connection reset".into(),
+            transient: true,
+        })
+    }
+
+    impl Destination for Fake {
+        async fn open(&mut self) -> Result<(), UploadError> {
+            Ok(())
+        }
+
+        async fn send(
+            &mut self,
+            rows: &[local::Reading],
+        ) -> Result<remote::Sent, remote::SendError> {
+            self.sends += 1;
+            let fault = self.faults.get(&self.sends).copied();
+            if let Some(Fault::Refuse) = fault {
+                return Err(transient());
+            }
+            let mut sent = remote::Sent::default();
+            for (i, r) in rows.iter().enumerate() {
+                if r.value < 0.0 {
+                    sent.rejected.push((i, "injected: negative value".into()));
+                    continue;
+                }
+                let key = (
+                    r.meter_id,
+                    r.point.clone(),
+                    r.recorded_at.timestamp_micros(),
+                );
+                match self.held.get(&key) {
+                    None => {
+                        self.held.insert(key, r.value);
+                        sent.inserted += 1;
+                    }
+                    Some(v) if *v == r.value => sent.already_present += 1,
+                    Some(v) => sent.conflicts.push((i, Some(*v))),
+                }
+            }
+            match fault {
+                Some(Fault::LoseAck) => Err(transient()),
+                Some(Fault::KillLocal) => {
+                    let _ = self
+                        .admin
+                        .batch_execute(
+                            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                             WHERE application_name = 'metersync'",
+                        )
+                        .await;
+                    Ok(sent)
+                }
+                _ => Ok(sent),
+            }
+        }
+
+        async fn reconnect(&mut self) -> Result<(), DbError> {
+            self.reconnects += 1;
+            Ok(())
+        }
+
+        fn abandon(&mut self) {}
+    }
+
+    struct Site {
+        _cluster: Cluster,
+        db: Databases,
+        admin: tokio_postgres::Client,
+    }
+
+    /// A migrated local cluster holding `n` readings (values 1..=n, ids in
+    /// order) and `extra` SQL run after the seed.
+    async fn site(n: i64, extra: &str) -> Site {
+        let cluster = tokio::task::spawn_blocking(|| Cluster::start(PW))
+            .await
+            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
+            .unwrap_or_else(|e| panic!("cluster: {e}"));
+        let mut vars: HashMap<String, String> = HashMap::new();
+        vars.insert("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into());
+        vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
+        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
+        vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
+        let config = Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
+        crate::migrate::apply(&db, Side::Local, crate::migrate::LOCAL)
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        let admin = cluster
+            .connect(PW)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        admin
+            .execute(
+                "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+                 SELECT g % 7, 'energy_kwh', timestamptz '2026-01-01 00:00+00' + g * interval '1 s',
+                        g, 'kWh' FROM generate_series(1, $1::bigint) g",
+                &[&n],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("seed: {e}"));
+        admin
+            .batch_execute(extra)
+            .await
+            .unwrap_or_else(|e| panic!("extra: {e}"));
+        Site {
+            _cluster: cluster,
+            db,
+            admin,
+        }
+    }
+
+    impl Site {
+        fn fake(&self, faults: &[(usize, Fault)], admin: tokio_postgres::Client) -> Fake {
+            Fake {
+                held: HashMap::new(),
+                sends: 0,
+                reconnects: 0,
+                faults: faults.iter().copied().collect(),
+                admin,
+            }
+        }
+
+        async fn count(&self, table: &str) -> i64 {
+            self.admin
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .and_then(|r| r.try_get(0))
+                .unwrap_or_else(|e| panic!("count {table}: {e}"))
+        }
+
+        async fn run(&self, dest: &mut Fake, resends: u32) -> Result<UploadReport, UploadError> {
+            let cancel = CancellationToken::new();
+            run_batches(
+                &self.db,
+                dest,
+                resends,
+                100,
+                None,
+                &NoProgress,
+                &cancel,
+                Instant::now(),
+            )
+            .await
+        }
+
+        /// The local backlog's keys.
+        async fn local_keys(&self) -> HashSet<Key> {
+            let rows = self
+                .admin
+                .query(
+                    "SELECT meter_id, point, (extract(epoch FROM recorded_at) * 1e6)::bigint \
+                     FROM meter_readings",
+                    &[],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("keys: {e}"));
+            rows.iter()
+                .map(|r| {
+                    (
+                        r.try_get(0).unwrap_or_default(),
+                        r.try_get(1).unwrap_or_default(),
+                        r.try_get(2).unwrap_or_default(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    async fn admin_for(site: &Site) -> tokio_postgres::Client {
+        site._cluster
+            .connect(PW)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"))
+    }
+
+    #[tokio::test]
+    async fn a_refused_send_and_a_lost_ack_are_resent_and_nothing_is_lost_or_doubled() {
+        let s = site(1_000, "").await;
+        let mut dest = s.fake(
+            &[(3, Fault::Refuse), (6, Fault::LoseAck)],
+            admin_for(&s).await,
+        );
+        let r = s.run(&mut dest, 2).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.resent_batches, 2, "{r:?}");
+        assert_eq!(dest.reconnects, 2);
+        // The batch whose acknowledgement was lost was held; its re-send
+        // finds it there.
+        assert_eq!(r.uploaded, 900, "{r:?}");
+        assert_eq!(r.already_present, 100, "{r:?}");
+        assert_eq!(r.deleted_local, 1_000);
+        assert_eq!(dest.held.len(), 1_000);
+        assert_eq!(s.count("meter_readings").await, 0);
+        assert_eq!(r.remaining, 0);
+    }
+
+    #[tokio::test]
+    async fn a_send_failing_past_its_resends_leaves_the_batch_local() {
+        let s = site(1_000, "").await;
+        let mut dest = s.fake(
+            &[(2, Fault::Refuse), (3, Fault::Refuse)],
+            admin_for(&s).await,
+        );
+        let e = match s.run(&mut dest, 1).await {
+            Ok(r) => panic!("must fail: {r:?}"),
+            Err(e) => e,
+        };
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("still local"), "{e}");
+        // Batch 1 is held and settled (its settle ran during send 2); the
+        // rest is local, and nothing is both.
+        assert_eq!(dest.held.len(), 100);
+        assert_eq!(s.count("meter_readings").await, 900);
+        let local = s.local_keys().await;
+        assert!(dest.held.keys().all(|k| !local.contains(k)));
+    }
+
+    #[tokio::test]
+    async fn local_connections_dying_after_the_remote_commit_resolve_on_the_next_run() {
+        let s = site(1_000, "").await;
+        let mut dest = s.fake(&[(3, Fault::KillLocal)], admin_for(&s).await);
+        let e = s.run(&mut dest, 2).await;
+        assert!(e.is_err(), "the local side must fail: {e:?}");
+        // Every reading is held, local, or both (held but its delete never
+        // committed); none is lost.
+        let local = s.local_keys().await;
+        let both = dest.held.keys().filter(|k| local.contains(*k)).count();
+        assert_eq!(dest.held.len() + local.len() - both, 1_000);
+        assert!(both > 0, "the fault must hit after a remote commit");
+        // The next run resolves the overlap through idempotence.
+        dest.faults.clear();
+        let r = s.run(&mut dest, 2).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.already_present as usize, both, "{r:?}");
+        assert_eq!((r.uploaded + r.already_present) as usize, local.len());
+        assert_eq!(dest.held.len(), 1_000);
+        assert_eq!(s.count("meter_readings").await, 0);
+    }
+
+    #[tokio::test]
+    async fn rejected_rows_and_conflicts_settle_into_their_tables() {
+        let s = site(
+            500,
+            "UPDATE meter_readings SET value = -1 WHERE id IN (10, 20, 30, 40, 450)",
+        )
+        .await;
+        let mut dest = s.fake(&[], admin_for(&s).await);
+        // The destination already holds four keys: two with the same value,
+        // two with another.
+        for (g, v) in [(101i64, 101.0), (102, 102.0), (201, 9.0), (302, 9.0)] {
+            let t = chrono::DateTime::from_timestamp(1_767_225_600 + g, 0)
+                .unwrap_or_default()
+                .timestamp_micros();
+            dest.held.insert((g % 7, "energy_kwh".into(), t), v);
+        }
+        let r = s.run(&mut dest, 0).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(r.quarantined, 5, "{r:?}");
+        assert_eq!(r.already_present, 2, "{r:?}");
+        assert_eq!(r.conflicts, 2, "{r:?}");
+        assert_eq!(r.uploaded, 491, "{r:?}");
+        assert_eq!(s.count("meter_readings").await, 0);
+        assert_eq!(s.count("meter_readings_quarantine").await, 5);
+        assert_eq!(
+            s.count(
+                "meter_readings_conflicts WHERE remote_value = 9 AND local_value IN (201, 302)"
+            )
+            .await,
+            2
+        );
+    }
 }

@@ -8,7 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use deadpool_postgres::Object;
 use tokio_postgres::types::Type;
 
-use super::QuarantinedRow;
+use super::{ConflictRow, QuarantinedRow};
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 
@@ -42,7 +42,8 @@ pub(super) async fn backlog(db: &Databases) -> Result<u64, DbError> {
         .query_typed_one("SELECT count(*) FROM meter_readings", &[])
         .await
         .map_err(q)?;
-    Ok(row.get::<_, i64>(0).max(0) as u64)
+    let n: i64 = row.try_get(0).map_err(q)?;
+    Ok(n.max(0) as u64)
 }
 
 /// A batch of rows locked in an open local transaction on a connection the
@@ -124,12 +125,16 @@ impl Claim {
     }
 
     /// After the remote commit: moves `rejected` (index into the rows, the
-    /// remote's error) to the quarantine table and commits the claim's
-    /// delete. Returns the quarantined rows and the connection.
+    /// remote's error) to the quarantine table and `conflicts` (index, the
+    /// remote's value) to the conflicts table, and commits the claim's
+    /// delete, all in the claim's transaction. Returns what was set aside
+    /// and the connection.
     pub async fn settle(
         mut self,
         rejected: &[(usize, String)],
-    ) -> Result<(Vec<QuarantinedRow>, Object), DbError> {
+        conflicts: &[(usize, Option<f64>)],
+    ) -> Result<(Settled, Object), DbError> {
+        let conflict_rows = self.keep_conflicts(conflicts).await?;
         let c = self.client()?;
         let mut quarantined = Vec::with_capacity(rejected.len());
         if !rejected.is_empty() {
@@ -188,6 +193,90 @@ impl Claim {
         }
         c.batch_execute("COMMIT").await.map_err(q)?;
         let c = self.client.take().ok_or_else(released)?;
-        Ok((quarantined, c))
+        Ok((
+            Settled {
+                quarantined,
+                conflicts: conflict_rows,
+            },
+            c,
+        ))
     }
+
+    /// Writes `conflicts` to `meter_readings_conflicts` in the claim's
+    /// transaction (a row seen in conflict again gets the new remote value).
+    async fn keep_conflicts(
+        &self,
+        conflicts: &[(usize, Option<f64>)],
+    ) -> Result<Vec<ConflictRow>, DbError> {
+        if conflicts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let c = self.client()?;
+        let mut ids = Vec::new();
+        let mut meters = Vec::new();
+        let mut points = Vec::new();
+        let mut times = Vec::new();
+        let mut values = Vec::new();
+        let mut units = Vec::new();
+        let mut remote = Vec::new();
+        let mut out = Vec::with_capacity(conflicts.len());
+        for (i, rv) in conflicts {
+            let Some(r) = self.rows.get(*i) else { continue };
+            ids.push(r.id);
+            meters.push(r.meter_id);
+            points.push(r.point.as_str());
+            times.push(r.recorded_at);
+            values.push(r.value);
+            units.push(r.unit.as_deref());
+            remote.push(*rv);
+            out.push(ConflictRow {
+                id: r.id,
+                meter_id: r.meter_id,
+                point: r.point.clone(),
+                recorded_at: r.recorded_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+                local_value: r.value,
+                remote_value: *rv,
+            });
+        }
+        c.execute_typed(
+            "INSERT INTO meter_readings_conflicts \
+                 (id, meter_id, point, recorded_at, local_value, unit, remote_value) \
+                 SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], \
+                 $4::timestamptz[], $5::float8[], $6::text[], $7::float8[]) \
+                 ON CONFLICT (id) DO UPDATE SET remote_value = EXCLUDED.remote_value, \
+                 seen_at = now()",
+            &[
+                (&ids, Type::INT8_ARRAY),
+                (&meters, Type::INT8_ARRAY),
+                (&points, Type::TEXT_ARRAY),
+                (&times, Type::TIMESTAMPTZ_ARRAY),
+                (&values, Type::FLOAT8_ARRAY),
+                (&units, Type::TEXT_ARRAY),
+                (&remote, Type::FLOAT8_ARRAY),
+            ],
+        )
+        .await
+        .map_err(q)?;
+        for r in &out {
+            tracing::warn!(
+                id = r.id,
+                meter_id = r.meter_id,
+                point = %r.point,
+                recorded_at = %r.recorded_at,
+                local_value = r.local_value,
+                remote_value = ?r.remote_value,
+                "conflict: the remote holds this reading with another value; the local value is kept in meter_readings_conflicts"
+            );
+        }
+        Ok(out)
+    }
+}
+
+/// What a settled batch set aside.
+#[derive(Debug, Default)]
+pub(super) struct Settled {
+    /// Rows moved to `meter_readings_quarantine`.
+    pub quarantined: Vec<QuarantinedRow>,
+    /// Rows moved to `meter_readings_conflicts`.
+    pub conflicts: Vec<ConflictRow>,
 }

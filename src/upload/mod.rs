@@ -22,6 +22,13 @@
 //!    `meter_readings_quarantine` with the remote's error; `COMMIT` makes the
 //!    delete of step 1 durable.
 //!
+//! The remote side sits behind the small `Destination` trait of `destination.rs`
+//! (open, send, reconnect, abandon) whose delivery semantics are documented
+//! there: idempotent on the reading key; an error means "outcome unknown,
+//! send again". The batch loop is unit-tested against an in-memory
+//! destination with failures injected before the commit, after it (a lost
+//! acknowledgement) and during the local settle.
+//!
 //! Two batches are in flight: while batch `k` is sent, batch `k-1` settles
 //! and batch `k+1` is claimed, each in its own local transaction, so the
 //! local and the remote work overlap.
@@ -43,20 +50,40 @@
 //! - a retry never duplicates a row remotely: the remote's primary key
 //!   `(meter_id, point, recorded_at)` is checked before the first batch, and
 //!   every re-send goes through `ON CONFLICT DO NOTHING`;
+//! - only rows whose own data the remote refuses are quarantined; a refusal
+//!   of the table's shape (no partition for the row, a missing column or
+//!   table, permission denied) moves nothing: the batch stays local and the
+//!   upload fails with what to change ([`reject`] decides, on SQLSTATE and
+//!   the error's fields, never on message text);
+//! - a row the remote already holds with another value is never dropped
+//!   silently: it is counted in `conflicts` and kept with both values in
+//!   `meter_readings_conflicts` (the remote row is never overwritten);
 //! - rows that arrive locally during an upload are deleted only if uploaded;
 //! - two uploaders never send the same rows (row locks, `SKIP LOCKED`);
 //! - memory grows with the batch size, not with the backlog;
+//! - every remote transaction has a deadline derived from its size
+//!   (`SET LOCAL statement_timeout` and a client-side I/O deadline, see
+//!   [`deadline`]): a frozen link fails the batch, which stays local;
 //! - cancellation is honoured between batches: every committed batch is
-//!   uploaded and deleted, nothing is half-done;
+//!   uploaded and deleted, nothing is half-done; a send that does not finish
+//!   within [`CANCEL_GRACE`] of the cancellation is abandoned (its rows stay
+//!   local; a later re-send finds whatever the remote committed);
 //! - the remote sees only unnamed statements, or statements inside one
 //!   transaction, so it works through a transaction-mode pooler;
 //! - a batch that fails on a transient remote error (a dropped connection, a
-//!   restart) is sent once more on a new connection; a second failure ends
-//!   the call with an error that says the backlog is intact.
+//!   restart, PgBouncer's `server login has been failing`) is sent again on
+//!   a new connection after the retry policy's backoff ([`crate::retry`]:
+//!   2 s, 4 s, 8 s, ... for `MAX_CONNECTION_RETRIES` re-sends in a row, so
+//!   at most 62 s of waiting with the default 5), cancellable; when they are
+//!   used up the call ends with an error that says the backlog is intact.
 
 mod batches;
+mod destination;
 mod local;
+pub mod reject;
 mod remote;
+
+pub use remote::{deadline, CLIENT_GRACE, DEADLINE_BASE, DEADLINE_PER_ROW};
 
 use std::time::Instant;
 
@@ -91,6 +118,43 @@ pub struct UploadOptions {
 }
 
 impl UploadOptions {
+    /// Options from signed numbers, as a JSON tool argument arrives: a
+    /// negative value is named like any other out-of-range one (the bounds
+    /// themselves are checked when the upload starts).
+    ///
+    /// Fails naming the argument when a value is below 1.
+    pub fn from_signed(
+        batch_size: Option<i64>,
+        max_rows: Option<i64>,
+    ) -> Result<Self, UploadError> {
+        let batch_size = match batch_size {
+            Some(b) if b < 1 => {
+                return Err(UploadError::InvalidArgument {
+                    name: "batch_size",
+                    reason: format!("must be between 1 and {MAX_BATCH_SIZE}, got {b}"),
+                })
+            }
+            Some(b) => Some(usize::try_from(b).unwrap_or(usize::MAX)),
+            None => None,
+        };
+        let max_rows = match max_rows {
+            Some(m) if m < 1 => {
+                return Err(UploadError::InvalidArgument {
+                    name: "max_rows",
+                    reason: format!(
+                        "must be at least 1 (leave it out to upload the whole backlog), got {m}"
+                    ),
+                })
+            }
+            Some(m) => Some(m.unsigned_abs()),
+            None => None,
+        };
+        Ok(UploadOptions {
+            batch_size,
+            max_rows,
+        })
+    }
+
     /// Checks the bounds and fills in the default batch size
     /// (`UPLOAD_BATCH_SIZE`, which the configuration accepts up to 1,000,000,
     /// capped here at [`MAX_BATCH_SIZE`]).
@@ -138,13 +202,36 @@ pub struct QuarantinedRow {
     pub error: String,
 }
 
+/// How long a send may go on after a cancellation before it is abandoned:
+/// a healthy batch finishes (so nothing is left half-known), a frozen link
+/// does not hold up a shutdown.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A reading the remote holds with the same key and another value, now in
+/// `meter_readings_conflicts`.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct ConflictRow {
+    /// Its local id (kept in the conflicts table).
+    pub id: i64,
+    /// The meter.
+    pub meter_id: i64,
+    /// The point name.
+    pub point: String,
+    /// When it was read (RFC 3339).
+    pub recorded_at: String,
+    /// The value read locally.
+    pub local_value: f64,
+    /// The value the remote holds (`null` if its column allows NULL).
+    pub remote_value: Option<f64>,
+}
+
 /// What one upload did.
 #[derive(Debug, Clone, Default, Serialize, schemars::JsonSchema)]
 pub struct UploadReport {
     /// Rows inserted remotely by this call.
     pub uploaded: u64,
-    /// Rows the remote already held (a batch re-sent after a crash); deleted
-    /// locally, not inserted again.
+    /// Rows the remote already held with the same value (a batch re-sent
+    /// after a crash); deleted locally, not inserted again.
     pub already_present: u64,
     /// Rows deleted from the local backlog because the remote holds them
     /// (`uploaded + already_present`).
@@ -159,6 +246,14 @@ pub struct UploadReport {
     pub quarantined: u64,
     /// The first quarantined rows (at most 100), with the remote's error.
     pub quarantined_rows: Vec<QuarantinedRow>,
+    /// Rows the remote already held with another value, moved to
+    /// `meter_readings_conflicts` with both values (`list_quarantine` with
+    /// `conflicts: true` lists them).
+    pub conflicts: u64,
+    /// The first conflicts (at most 100), with both values.
+    pub conflict_rows: Vec<ConflictRow>,
+    /// Batches sent again after a transient remote failure.
+    pub resent_batches: u64,
     /// Whether the call stopped early on request.
     pub cancelled: bool,
     /// Wall time of the call.
@@ -204,6 +299,19 @@ pub enum UploadError {
         source: DbError,
         /// What to do next.
         hint: &'static str,
+    },
+    /// The remote refused the batch for a reason the operator must fix on
+    /// the remote (no partition for the rows, a missing column, permission).
+    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: the remote table refused the rows: {cause}; the rows of that batch are still local (none was quarantined): {hint}")]
+    RemoteTable {
+        /// The batch that failed (1-based).
+        batch: u64,
+        /// Rows uploaded (or found present) and deleted before it.
+        done: u64,
+        /// The remote's error.
+        cause: String,
+        /// What to change on the remote.
+        hint: String,
     },
     /// The remote rejects too much of one batch to be bad readings.
     #[error("the remote rejected more than {MAX_REJECTED_PER_BATCH} rows of batch {batch} (first error: {first}); this looks like a mismatch between the remote table and the contract, not bad readings, so nothing of that batch was moved; check the remote's constraints on meter_readings, then run the upload again")]
@@ -257,8 +365,11 @@ pub async fn upload(
         source,
     };
     let run = runs::start(&app.db, "upload").await.map_err(start)?;
+    let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
     let result = batches::run_batches(
-        app,
+        &app.db,
+        &mut dest,
+        app.config.pool.max_retries,
         batch_size,
         opts.max_rows,
         progress,
@@ -319,5 +430,16 @@ mod tests {
             let e = o.batch_size(10_000).err().map(|e| e.to_string());
             assert!(e.as_deref().unwrap_or("").contains(name), "{e:?}");
         }
+        for (b, m, name) in [(Some(-5), None, "batch_size"), (None, Some(0), "max_rows")] {
+            let e = UploadOptions::from_signed(b, m)
+                .err()
+                .map(|e| e.to_string());
+            assert!(e.as_deref().unwrap_or("").contains(name), "{e:?}");
+        }
+        let o = UploadOptions::from_signed(Some(500), Some(7)).ok();
+        assert_eq!(
+            o.map(|o| (o.batch_size, o.max_rows)),
+            Some((Some(500), Some(7)))
+        );
     }
 }

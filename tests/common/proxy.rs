@@ -1,9 +1,13 @@
 //! A TCP proxy on 127.0.0.1 that can cut every connection through it at
-//! once, for "the connection dropped mid-batch" tests.
+//! once, for "the connection dropped mid-batch" tests, and freeze them (stop
+//! forwarding in both directions without closing anything, as a hung WAN
+//! link does), for deadline tests.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -13,7 +17,32 @@ pub struct Proxy {
     pub port: u16,
     cut_tx: watch::Sender<u64>,
     refuse: Arc<AtomicBool>,
+    frozen_tx: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// Forwards `from` to `to` while not frozen; bytes read during a freeze are
+/// held until it ends.
+async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut frozen: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = to.shutdown().await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        if frozen.wait_for(|f| !*f).await.is_err() {
+            return;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
 }
 
 impl Proxy {
@@ -24,6 +53,7 @@ impl Proxy {
         let (cut_tx, cut_rx) = watch::channel(0u64);
         let refuse = Arc::new(AtomicBool::new(false));
         let r2 = refuse.clone();
+        let (frozen_tx, frozen_rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if r2.load(Ordering::SeqCst) {
@@ -32,14 +62,24 @@ impl Proxy {
                 }
                 let mut rx = cut_rx.clone();
                 rx.mark_unchanged();
+                let frozen = frozen_rx.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        drop(inbound.shutdown().await);
                         return;
                     };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    let up = tokio::spawn(pump(ir, ow, frozen.clone()));
+                    let down = tokio::spawn(pump(or, iw, frozen));
+                    let (ua, da) = (up.abort_handle(), down.abort_handle());
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async { let _ = tokio::join!(up, down); } => {}
                         _ = rx.changed() => {}
                     }
+                    // Dropping the halves closes both sockets.
+                    ua.abort();
+                    da.abort();
                 });
             }
         });
@@ -47,6 +87,7 @@ impl Proxy {
             port,
             cut_tx,
             refuse,
+            frozen_tx,
             task,
         })
     }
@@ -54,6 +95,12 @@ impl Proxy {
     /// Drops every connection open now.
     pub fn cut(&self) {
         self.cut_tx.send_modify(|g| *g += 1);
+    }
+
+    /// While true, nothing is forwarded on any connection, old or new, and
+    /// nothing is closed: the peers see silence, as on a hung link.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen_tx.send_replace(frozen);
     }
 
     /// While true, new connections are accepted and closed at once.
