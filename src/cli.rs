@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metersync::app::App;
+use metersync::app::{App, Work};
 use metersync::config::Config;
 use metersync::download::Table;
 use metersync::progress::LogProgress;
@@ -45,7 +45,7 @@ enum Command {
         dry_run: bool,
     },
     /// Upload the local backlog to the remote, exactly once; prints the
-    /// report as JSON. Ctrl-C stops between batches.
+    /// report as JSON. SIGTERM or Ctrl-C stops between batches.
     Upload {
         /// Rows per remote transaction, 1 to 100000 (default UPLOAD_BATCH_SIZE).
         #[arg(long)]
@@ -84,21 +84,21 @@ enum Command {
     },
 }
 
-/// Cancels the returned token on Ctrl-C or SIGTERM (the engines then stop
-/// between batches).
-fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        metersync::daemon::shutdown_signal().await;
-        c.cancel();
-    });
-    cancel
-}
-
+/// Loads the configuration and builds the [`App`]; SIGTERM and SIGINT
+/// cancel its shutdown token from now on (every command the same way: the
+/// engines stop between batches, checkouts and retry sleeps at once).
 fn load() -> anyhow::Result<Arc<App>> {
     let config = Config::load().context("configuration")?;
-    App::new(config).context("setting up the database pools")
+    let app = App::new(config).context("setting up the database pools")?;
+    metersync::shutdown::listen(app.shutdown());
+    Ok(app)
+}
+
+/// [`load`], then connect what `work` needs ([`Work::needs`]).
+async fn start(work: Work) -> anyhow::Result<Arc<App>> {
+    let app = load()?;
+    app.start_for(work).await?;
+    Ok(app)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -107,8 +107,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
-    let app = load()?;
-    app.db.initialize().await?;
+    let app = start(Work::Transfer).await?;
     let progress = LogProgress(table.run_kind());
     let report = metersync::download::download(&app, table, dry_run, &progress).await;
     app.db.close();
@@ -119,9 +118,15 @@ async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = load()?;
+            let app = start(Work::Serve).await?;
             let read_only = cli.read_only || app.config.read_only;
-            metersync::mcp::serve_stdio(app, read_only).await?;
+            let shutdown = app.shutdown();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                r = metersync::mcp::serve_stdio(app.clone(), read_only) => r?,
+            }
+            app.db.close();
         }
         Command::Migrate => {
             let app = load()?;
@@ -146,16 +151,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             max_rows,
         } => {
-            let app = load()?;
-            app.db.initialize().await?;
-            let cancel = tokio_util::sync::CancellationToken::new();
-            let on_signal = cancel.clone();
-            tokio::spawn(async move {
-                if tokio::signal::ctrl_c().await.is_ok() {
-                    tracing::info!("interrupted: stopping after the batch in flight");
-                    on_signal.cancel();
-                }
-            });
+            let app = start(Work::Transfer).await?;
+            let cancel = app.shutdown();
             let opts = metersync::upload::UploadOptions {
                 batch_size,
                 max_rows,
@@ -170,14 +167,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.db.close();
         }
         Command::Collect { meter_ids, dry_run } => {
-            let app = load()?;
-            app.db.initialize().await?;
+            let app = start(Work::Collect).await?;
             let client = app.bacnet().await?;
             let opts = metersync::collect::CollectOptions {
                 meter_ids: (!meter_ids.is_empty()).then_some(meter_ids),
                 dry_run,
             };
-            let cancel = cancel_on_signal();
+            let cancel = app.shutdown();
             let r = metersync::collect::collect(
                 &app,
                 client.as_ref(),
@@ -208,9 +204,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(&devices)?;
         }
         Command::Cycle => {
-            let app = load()?;
-            app.db.initialize().await?;
-            let cancel = cancel_on_signal();
+            let app = start(Work::Cycle).await?;
+            let cancel = app.shutdown();
             let r = metersync::cycle::run_cycle(&app, &LogProgress("cycle"), &cancel).await;
             print_json(&r)?;
             app.db.close();
@@ -219,22 +214,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Run => {
-            let app = load()?;
-            // Collection needs only the local database: a remote that is down
-            // now is retried by the upload and download loops, not fatal.
-            app.db
-                .initialize_side(metersync::config::Side::Local)
-                .await?;
-            if app.db.has_remote() {
-                if let Err(e) = app
-                    .db
-                    .initialize_side(metersync::config::Side::Remote)
-                    .await
-                {
-                    tracing::warn!("starting without the remote database: {e}");
-                }
-            }
-            metersync::daemon::run(app, cancel_on_signal()).await;
+            let app = start(Work::Daemon).await?;
+            metersync::daemon::run(app).await;
         }
         Command::Demo { serve } => demo(serve, cli.read_only).await?,
     }
@@ -268,7 +249,7 @@ async fn demo(serve: bool, read_only: bool) -> anyhow::Result<()> {
         result?;
         return Ok(());
     }
-    let cancel = cancel_on_signal();
+    let cancel = metersync::shutdown::listen(world.app.shutdown());
     let report = metersync::cycle::run_cycle(&world.app, &LogProgress("cycle"), &cancel).await;
     let remote = world.remote_readings().await.unwrap_or(-1);
     print!("{}", metersync::demo::summary(&world, &report, remote));

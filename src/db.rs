@@ -11,7 +11,15 @@
 //! - connections idle longer than `DB_POOL_IDLE_TIMEOUT_MS` are closed on the
 //!   next checkout;
 //! - errors name the side, host and port and say what to check; they carry
-//!   the server's message but never query text or a password.
+//!   the server's message but never query text or a password;
+//! - a side whose connection failed is remembered as *down* (since when,
+//!   the last error) until a connection succeeds; how long a checkout may
+//!   wait depends on that and on the caller's [`Patience`]: while a side is
+//!   known down an interactive caller gets one attempt (bounded by
+//!   `DB_CONNECTION_TIMEOUT_MS`) and an error giving the outage, its start
+//!   and where the data is, instead of a 62 s retry round;
+//! - every checkout, its connect attempts and its retry sleeps stop as soon
+//!   as the shutdown token ([`Databases::shutdown_token`]) is cancelled.
 //!
 //! The rule for code that talks to the remote (it may sit behind PgBouncer in
 //! `pool_mode = transaction`, like Supabase's port 6543): only unnamed
@@ -19,9 +27,13 @@
 //! `batch_execute`) or statements that live inside one explicit transaction;
 //! no `SET` outside a transaction, no advisory locks, no `prepare_cached`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
 
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
@@ -142,6 +154,90 @@ fn pool_error_cause(e: &PoolError) -> (String, bool) {
     }
 }
 
+/// How long a caller may wait for a connection (see [`Databases::get`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    /// Background work (the daemon's jobs): the retry round, except while
+    /// the side is known down, when one attempt is made (the job's next
+    /// tick is the retry).
+    Background,
+    /// Someone is waiting (an MCP tool, a one-shot command): the retry
+    /// round only when the side was last seen up (a restart mid-work); one
+    /// attempt when it is known down or was never reached.
+    Interactive,
+    /// Never wait: one attempt (the collector, which holds its readings in
+    /// memory instead of waiting for the local database).
+    Quick,
+}
+
+impl Patience {
+    fn code(self) -> u8 {
+        match self {
+            Patience::Background => 0,
+            Patience::Interactive => 1,
+            Patience::Quick => 2,
+        }
+    }
+
+    fn from_code(c: u8) -> Self {
+        match c {
+            0 => Patience::Background,
+            2 => Patience::Quick,
+            _ => Patience::Interactive,
+        }
+    }
+}
+
+tokio::task_local! {
+    /// The patience of the task running now, when it overrides the default.
+    static PATIENCE: Patience;
+}
+
+/// Runs `f` with every checkout inside it (on this task) using `patience`
+/// instead of the [`Databases`] default. The collector runs its database
+/// steps with [`Patience::Quick`] this way, without the engines it calls
+/// (the run journal) needing a parameter.
+pub async fn with_patience<F: Future>(patience: Patience, f: F) -> F::Output {
+    PATIENCE.scope(patience, f).await
+}
+
+/// What this process last saw of one side.
+#[derive(Debug, Clone)]
+enum Seen {
+    /// Never tried.
+    Unknown,
+    /// The last checkout succeeded.
+    Up,
+    /// Connections fail since `since`; `cause` is the last failure.
+    Down {
+        since: DateTime<Utc>,
+        started: Instant,
+        cause: String,
+    },
+}
+
+/// A known outage of one side, for messages and status.
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
+pub struct Outage {
+    /// When the first failed connection was seen (RFC 3339, UTC).
+    pub since: String,
+    /// How long ago that was, in seconds.
+    pub for_s: u64,
+    /// The last connection error.
+    pub last_error: String,
+}
+
+/// Where the data is while `side` is down, for outage messages.
+fn data_note(side: Side) -> String {
+    match side {
+        Side::Remote => "the backlog is safe in the local database and is uploaded when the remote returns".to_string(),
+        Side::Local => format!(
+            "readings already stored are safe on its disk; the daemon holds new readings in memory (up to {}) and writes them when it returns",
+            crate::collect_buffer::MAX_HELD_READINGS
+        ),
+    }
+}
+
 /// Per-database state: its pool and the counters `status()` reports.
 struct Handle {
     side: Side,
@@ -149,6 +245,7 @@ struct Handle {
     pool: Pool,
     retries: AtomicU64,
     last_error: Mutex<Option<String>>,
+    seen: Mutex<Seen>,
 }
 
 impl Handle {
@@ -197,6 +294,7 @@ impl Handle {
             pool,
             retries: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            seen: Mutex::new(Seen::Unknown),
         })
     }
 
@@ -217,12 +315,87 @@ impl Handle {
         }
     }
 
-    /// One checkout, with up to `max_retries` retries on transient failures.
-    async fn checkout(&self, max_retries: u32, idle: Duration) -> Result<Object, DbError> {
+    fn seen(&self) -> Seen {
+        self.seen.lock().map(|g| g.clone()).unwrap_or(Seen::Unknown)
+    }
+
+    /// The outage this side is in, if it is known down.
+    fn outage(&self) -> Option<Outage> {
+        match self.seen() {
+            Seen::Down {
+                since,
+                started,
+                cause,
+            } => Some(Outage {
+                since: since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                for_s: started.elapsed().as_secs(),
+                last_error: cause,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Records a successful connection: logs the end of an outage once.
+    fn mark_up(&self) {
+        if let Ok(mut g) = self.seen.lock() {
+            if let Seen::Down { started, .. } = &*g {
+                tracing::info!(
+                    side = %self.side, endpoint = %self.cfg.endpoint(),
+                    outage_s = started.elapsed().as_secs(),
+                    "{} database is back", self.side
+                );
+            }
+            *g = Seen::Up;
+        }
+    }
+
+    /// Records a failed connection: logs the start of an outage once.
+    fn mark_down(&self, cause: &str) {
+        if let Ok(mut g) = self.seen.lock() {
+            match &mut *g {
+                Seen::Down { cause: c, .. } => *c = cause.to_string(),
+                _ => {
+                    tracing::warn!(
+                        side = %self.side, endpoint = %self.cfg.endpoint(),
+                        "{} database is down: {cause}; {}", self.side, data_note(self.side)
+                    );
+                    *g = Seen::Down {
+                        since: Utc::now(),
+                        started: Instant::now(),
+                        cause: cause.to_string(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// How many retries a checkout with `patience` gets now.
+    fn retries_for(&self, patience: Patience, max_retries: u32) -> u32 {
+        match (patience, self.seen()) {
+            (Patience::Quick, _) => 0,
+            (Patience::Background, Seen::Down { .. }) => 0,
+            (Patience::Background, _) => max_retries,
+            (Patience::Interactive, Seen::Up) => max_retries,
+            (Patience::Interactive, _) => 0,
+        }
+    }
+
+    /// One checkout, with up to `max_retries` retries on transient failures,
+    /// stopping when `cancel` is cancelled.
+    async fn checkout(
+        &self,
+        max_retries: u32,
+        idle: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Object, DbError> {
         // Close connections idle for longer than DB_POOL_IDLE_TIMEOUT_MS.
         self.pool.retain(|_, m| m.last_used() < idle);
-        let result = retry::retry(
+        // Attempts against a side already known down log at debug level:
+        // the outage was logged once when it began.
+        let was_down = matches!(self.seen(), Seen::Down { .. });
+        let result = retry::retry_until(
             max_retries,
+            cancel,
             || self.pool.get(),
             |e| pool_error_cause(e).1,
             |attempt, e, next| {
@@ -236,6 +409,10 @@ impl Handle {
                             "connection attempt failed: {cause}"
                         );
                     }
+                    None if was_down => tracing::debug!(
+                        side = %self.side, host = %self.cfg.host, port = self.cfg.port,
+                        attempt, "connection attempt failed (known down): {cause}"
+                    ),
                     None => tracing::error!(
                         side = %self.side, host = %self.cfg.host, port = self.cfg.port,
                         attempt, "connection attempt failed, giving up: {cause}"
@@ -246,15 +423,40 @@ impl Handle {
         )
         .await;
         match result {
-            Ok(obj) => Ok(obj),
-            Err((e, retries)) => {
-                let (cause, _) = pool_error_cause(&e);
+            Ok(obj) => {
+                self.mark_up();
+                Ok(obj)
+            }
+            Err(retry::Stopped::Cancelled(retries)) => Err(DbError::Connect {
+                side: self.side,
+                endpoint: self.cfg.endpoint(),
+                retries,
+                cause: "stopped: metersync is shutting down".into(),
+                hint: "nothing to do; the work resumes on the next start".into(),
+            }),
+            Err(retry::Stopped::GaveUp(e, retries)) => {
+                let (cause, transient) = pool_error_cause(&e);
+                let hint = self.hint(&cause);
+                if !transient {
+                    return Err(DbError::Connect {
+                        side: self.side,
+                        endpoint: self.cfg.endpoint(),
+                        retries,
+                        hint,
+                        cause,
+                    });
+                }
+                self.mark_down(&cause);
+                let outage = self.outage();
+                let (since, for_s) = outage
+                    .map(|o| (o.since, o.for_s))
+                    .unwrap_or_else(|| ("now".into(), 0));
                 Err(DbError::Connect {
                     side: self.side,
                     endpoint: self.cfg.endpoint(),
                     retries,
-                    hint: self.hint(&cause),
-                    cause,
+                    cause: format!("down since {since} ({for_s} s): {cause}"),
+                    hint: format!("{}; {hint}", data_note(self.side)),
                 })
             }
         }
@@ -267,6 +469,10 @@ pub struct Databases {
     local: Handle,
     remote: Option<Handle>,
     pool_cfg: PoolConfig,
+    /// The default [`Patience`] of checkouts (see [`Databases::set_patience`]).
+    patience: AtomicU8,
+    /// Cancelled on shutdown: every checkout stops.
+    shutdown: CancellationToken,
 }
 
 /// Pool occupancy.
@@ -303,6 +509,9 @@ pub struct DbStatus {
     pub retries: u64,
     /// The most recent connection or query error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// The outage this side is in, as this process saw it (checkouts fail
+    /// fast while it lasts).
+    pub outage: Option<Outage>,
 }
 
 /// Both databases' status.
@@ -326,7 +535,33 @@ impl Databases {
                 .map(|r| Handle::new(Side::Remote, r, &config.pool))
                 .transpose()?,
             pool_cfg: config.pool.clone(),
+            patience: AtomicU8::new(Patience::Interactive.code()),
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Sets the default [`Patience`] of checkouts: the daemon sets
+    /// [`Patience::Background`]; the default is [`Patience::Interactive`].
+    pub fn set_patience(&self, patience: Patience) {
+        self.patience.store(patience.code(), Ordering::Relaxed);
+    }
+
+    /// The patience of a checkout made now on this task.
+    fn patience(&self) -> Patience {
+        PATIENCE
+            .try_with(|p| *p)
+            .unwrap_or_else(|_| Patience::from_code(self.patience.load(Ordering::Relaxed)))
+    }
+
+    /// The shutdown token: cancelling it stops every checkout, its connect
+    /// attempts and retry sleeps (see [`crate::shutdown`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The outage `side` is in, if this process knows it is down.
+    pub fn outage(&self, side: Side) -> Option<Outage> {
+        self.handle(side).ok().and_then(Handle::outage)
     }
 
     fn handle(&self, side: Side) -> Result<&Handle, DbError> {
@@ -352,13 +587,19 @@ impl Databases {
         Ok(())
     }
 
-    /// Connects one side with the retry policy and runs a test query.
+    /// Connects one side with the retry policy (whatever the caller's
+    /// [`Patience`]: this is a first start) and runs a test query.
     ///
-    /// Fails as [`Databases::initialize`] does, for that side only.
+    /// Fails as [`Databases::initialize`] does, for that side only, or when
+    /// the shutdown token is cancelled.
     pub async fn initialize_side(&self, side: Side) -> Result<(), DbError> {
         let h = self.handle(side)?;
         let client = h
-            .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
+            .checkout(
+                self.pool_cfg.max_retries,
+                self.pool_cfg.idle_timeout,
+                &self.shutdown,
+            )
             .await?;
         client
             .simple_query("SELECT 1")
@@ -380,11 +621,20 @@ impl Databases {
         self.get(Side::Remote).await
     }
 
-    /// A connection to `side`, connecting with the retry policy.
+    /// A connection to `side`. How long it may take depends on the caller's
+    /// [`Patience`] and on whether the side is known down: the retry round
+    /// (`MAX_CONNECTION_RETRIES`, 62 s by default) for background work and
+    /// for a side last seen up, else one attempt bounded by
+    /// `DB_CONNECTION_TIMEOUT_MS`.
+    ///
+    /// Fails when no connection could be made (while the side is down the
+    /// message gives the outage, its start and where the data is), or at
+    /// once when the shutdown token is cancelled.
     pub async fn get(&self, side: Side) -> Result<Object, DbError> {
         let h = self.handle(side)?;
+        let retries = h.retries_for(self.patience(), self.pool_cfg.max_retries);
         let obj = h
-            .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
+            .checkout(retries, self.pool_cfg.idle_timeout, &self.shutdown)
             .await?;
         h.set_last_error(None);
         Ok(obj)
@@ -431,12 +681,16 @@ impl Databases {
                 last_error: Some(
                     "not configured: set POSTGRES_CLIENT_HOST, _DB, _USER and _PASSWORD".into(),
                 ),
+                outage: None,
             };
         };
         let mut connected = false;
         let mut latency_ms = None;
         let mut server_version = None;
-        match h.checkout(0, self.pool_cfg.idle_timeout).await {
+        match h
+            .checkout(0, self.pool_cfg.idle_timeout, &self.shutdown)
+            .await
+        {
             Ok(client) => {
                 let t = Instant::now();
                 match client
@@ -476,6 +730,7 @@ impl Databases {
             },
             retries: h.retries.load(Ordering::Relaxed),
             last_error: h.last_error.lock().ok().and_then(|g| g.clone()),
+            outage: h.outage(),
         }
     }
 

@@ -24,13 +24,18 @@
 //! - [`meters`]: the local meter list, paged (`list_meters`).
 //! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
-//! - [`daemon`]: `metersync run`, the three loops and graceful shutdown.
+//! - [`daemon`]: `metersync run`, the three loops.
+//! - [`ticks`]: the daemon's schedule (skip missed ticks, shutdown first)
+//!   and what it logs per tick.
+//! - [`shutdown`]: SIGTERM/SIGINT -> one cancellation token for everything.
+//! - [`collect_buffer`]: the collector's memory through a local outage.
 //! - [`demo`]: `metersync demo`, a whole site on loopback.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
 
 pub mod app;
 pub mod bacnet;
 pub mod collect;
+pub mod collect_buffer;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -44,6 +49,8 @@ pub mod migrate;
 pub mod progress;
 pub mod retry;
 pub mod runs;
+pub mod shutdown;
 pub mod status;
+pub mod ticks;
 pub mod tls;
 pub mod upload;
