@@ -227,6 +227,9 @@ pub struct Outage {
     pub last_error: String,
 }
 
+/// How long a checkout made after the shutdown signal may take.
+const AFTER_SHUTDOWN: Duration = Duration::from_millis(500);
+
 /// Where the data is while `side` is down, for outage messages.
 fn data_note(side: Side) -> String {
     match side {
@@ -390,6 +393,21 @@ impl Handle {
     ) -> Result<Object, DbError> {
         // Close connections idle for longer than DB_POOL_IDLE_TIMEOUT_MS.
         self.pool.retain(|_, m| m.last_used() < idle);
+        let stopped = |retries| DbError::Connect {
+            side: self.side,
+            endpoint: self.cfg.endpoint(),
+            retries,
+            cause: "stopped: metersync is shutting down".into(),
+            hint: "nothing to do; the work resumes on the next start".into(),
+        };
+        if cancel.is_cancelled() {
+            // After the signal: one short attempt, so that the journal can
+            // still record how the runs in flight ended; nothing waits.
+            return match tokio::time::timeout(AFTER_SHUTDOWN, self.pool.get()).await {
+                Ok(Ok(obj)) => Ok(obj),
+                _ => Err(stopped(0)),
+            };
+        }
         // Attempts against a side already known down log at debug level:
         // the outage was logged once when it began.
         let was_down = matches!(self.seen(), Seen::Down { .. });
@@ -409,9 +427,11 @@ impl Handle {
                             "connection attempt failed: {cause}"
                         );
                     }
-                    None if was_down => tracing::debug!(
+                    // A transient failure starts (or continues) an outage,
+                    // which mark_down logs once.
+                    None if was_down || pool_error_cause(e).1 => tracing::debug!(
                         side = %self.side, host = %self.cfg.host, port = self.cfg.port,
-                        attempt, "connection attempt failed (known down): {cause}"
+                        attempt, "connection attempt failed, giving up: {cause}"
                     ),
                     None => tracing::error!(
                         side = %self.side, host = %self.cfg.host, port = self.cfg.port,
@@ -427,13 +447,7 @@ impl Handle {
                 self.mark_up();
                 Ok(obj)
             }
-            Err(retry::Stopped::Cancelled(retries)) => Err(DbError::Connect {
-                side: self.side,
-                endpoint: self.cfg.endpoint(),
-                retries,
-                cause: "stopped: metersync is shutting down".into(),
-                hint: "nothing to do; the work resumes on the next start".into(),
-            }),
+            Err(retry::Stopped::Cancelled(retries)) => Err(stopped(retries)),
             Err(retry::Stopped::GaveUp(e, retries)) => {
                 let (cause, transient) = pool_error_cause(&e);
                 let hint = self.hint(&cause);

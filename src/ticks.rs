@@ -238,8 +238,16 @@ pub async fn every<F, Fut>(
                 transient: true,
             }),
         };
-        if let Some(line) = log.record(tick, Instant::now()) {
-            emit(name, line);
+        match tick {
+            // A job cut short by the signal is not a failure to report.
+            Tick::Failed(f) if shutdown.is_cancelled() => {
+                tracing::debug!(job = name, "stopped by the signal: {}", f.message)
+            }
+            tick => {
+                if let Some(line) = log.record(tick, Instant::now()) {
+                    emit(name, line);
+                }
+            }
         }
         slot = next_slot(start.elapsed(), period);
     }

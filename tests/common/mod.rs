@@ -11,6 +11,8 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
+pub mod freeze;
 pub mod proxy;
 
 use std::collections::HashMap;
