@@ -80,7 +80,10 @@ async fn daemon_with_the_remote_down_starts_at_once_and_stops_within_5s() -> any
     assert!(in_round, "the upload should be retrying the remote");
     let (took, ok) = sigterm_and_time(&mut child).await?;
     assert!(ok, "clean exit");
-    assert!(took < PROMPT, "SIGTERM inside the connect round took {took:?}");
+    assert!(
+        took < PROMPT,
+        "SIGTERM inside the connect round took {took:?}"
+    );
     Ok(())
 }
 
@@ -95,21 +98,31 @@ async fn daemon_with_the_local_down_starts_at_once_and_stops_within_5s() -> anyh
         Ok(log_has(&log, "daemon started") && log_has(&log, "will retry on the next tick"))
     })
     .await?;
-    assert!(started, "the daemon starts and its jobs run with the local database down");
-    assert!(t.elapsed() < Duration::from_secs(10), "started after {:?}", t.elapsed());
+    assert!(
+        started,
+        "the daemon starts and its jobs run with the local database down"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "started after {:?}",
+        t.elapsed()
+    );
     assert!(child.try_wait()?.is_none(), "still running");
     let (took, ok) = sigterm_and_time(&mut child).await?;
     assert!(ok, "clean exit");
     assert!(took < PROMPT, "SIGTERM with the local down took {took:?}");
     let text = std::fs::read_to_string(&log)?;
-    assert!(text.contains("local database is down"), "the outage is logged once");
+    assert!(
+        text.contains("local database is down"),
+        "the outage is logged once"
+    );
     assert!(!text.contains(TEST_PASSWORD));
     Ok(())
 }
 
 #[tokio::test]
-async fn daemon_with_a_frozen_remote_link_starts_at_once_and_stops_within_5s(
-) -> anyhow::Result<()> {
+async fn daemon_with_a_frozen_remote_link_starts_at_once_and_stops_within_5s() -> anyhow::Result<()>
+{
     let w = World::start().await?;
     let (_sim, mut env) = site(&w).await?;
     let link = FreezableLink::start(w.remote.port).await?;
@@ -147,7 +160,10 @@ async fn upload_stops_on_sigterm_inside_the_connect_round() -> anyhow::Result<()
     assert!(in_round, "the upload should be retrying the remote");
     let (took, ok) = sigterm_and_time(&mut child).await?;
     assert!(!ok, "an upload that never started exits non-zero");
-    assert!(took < PROMPT, "SIGTERM took {took:?} (only Ctrl-C was honoured before)");
+    assert!(
+        took < PROMPT,
+        "SIGTERM took {took:?} (only Ctrl-C was honoured before)"
+    );
     assert!(log_has(&log, "SIGTERM received"));
     Ok(())
 }
@@ -186,8 +202,11 @@ async fn upload_stops_on_sigterm_between_batches() -> anyhow::Result<()> {
 /// Calls `tool` and returns (elapsed, isError, text).
 async fn timed(mcp: &Mcp, tool: &str) -> anyhow::Result<(Duration, bool, String)> {
     let t = Instant::now();
-    let r = tokio::time::timeout(Duration::from_secs(120), mcp.call(tool, serde_json::json!({})))
-        .await??;
+    let r = tokio::time::timeout(
+        Duration::from_secs(120),
+        mcp.call(tool, serde_json::json!({})),
+    )
+    .await??;
     let text = match &r.structured_content {
         Some(s) => s.to_string(),
         None => text_of(&r),
@@ -218,12 +237,21 @@ async fn mcp_calls_answer_within_5s_with_the_remote_down() -> anyhow::Result<()>
         let (took, is_error, text) = timed(&mcp, tool).await?;
         assert!(took < PROMPT, "{tool} took {took:?}");
         assert!(is_error, "{tool}: {text}");
-        assert!(text.contains("down since"), "{tool} names the outage: {text}");
-        assert!(text.contains("backlog is safe"), "{tool} says the backlog is safe: {text}");
+        assert!(
+            text.contains("down since"),
+            "{tool} names the outage: {text}"
+        );
+        assert!(
+            text.contains("backlog is safe"),
+            "{tool} says the backlog is safe: {text}"
+        );
     }
     let (took, _, text) = timed(&mcp, "run_sync_cycle").await?;
     assert!(took < PROMPT, "run_sync_cycle took {took:?}");
-    assert!(text.contains("down since") && text.contains("backlog is safe"), "{text}");
+    assert!(
+        text.contains("down since") && text.contains("backlog is safe"),
+        "{text}"
+    );
     let report: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     assert_eq!(
         report.pointer("/collect/ok"),
@@ -233,7 +261,10 @@ async fn mcp_calls_answer_within_5s_with_the_remote_down() -> anyhow::Result<()>
     let (took, is_error, text) = timed(&mcp, "connection_status").await?;
     assert!(took < PROMPT, "connection_status took {took:?}");
     assert!(!is_error, "{text}");
-    assert!(text.contains("\"outage\":{"), "status shows the outage: {text}");
+    assert!(
+        text.contains("\"outage\":{"),
+        "status shows the outage: {text}"
+    );
     assert!(!text.contains(TEST_PASSWORD));
     mcp.close().await
 }
@@ -249,8 +280,14 @@ async fn mcp_calls_answer_within_5s_with_the_local_down() -> anyhow::Result<()> 
         let (took, is_error, text) = timed(&mcp, tool).await?;
         assert!(took < PROMPT, "{tool} took {took:?}");
         assert!(is_error, "{tool}: {text}");
-        assert!(text.contains("down since"), "{tool} names the outage: {text}");
-        assert!(text.contains("safe"), "{tool} says where the data is: {text}");
+        assert!(
+            text.contains("down since"),
+            "{tool} names the outage: {text}"
+        );
+        assert!(
+            text.contains("safe"),
+            "{tool} says where the data is: {text}"
+        );
         assert!(!text.contains(TEST_PASSWORD));
     }
     mcp.close().await
@@ -284,7 +321,10 @@ async fn a_15s_local_outage_loses_no_reading_from_the_schedule() -> anyhow::Resu
         Ok(count(&local, distinct).await? >= expected + 6)
     })
     .await?;
-    assert!(back, "held readings should be written when the database returns");
+    assert!(
+        back,
+        "held readings should be written when the database returns"
+    );
     let (took, ok) = sigterm_and_time(&mut child).await?;
     assert!(ok && took < PROMPT, "SIGTERM took {took:?}");
     for meter in [1i64, 2] {
@@ -294,8 +334,10 @@ async fn a_15s_local_outage_loses_no_reading_from_the_schedule() -> anyhow::Resu
                 &[&meter],
             )
             .await?;
-        let times: Vec<chrono::DateTime<chrono::Utc>> =
-            rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        let times: Vec<chrono::DateTime<chrono::Utc>> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         let gaps: Vec<i64> = times
             .windows(2)
             .map(|p| (p[1] - p[0]).num_milliseconds())

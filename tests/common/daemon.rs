@@ -70,7 +70,9 @@ pub fn log_has(path: &Path, needle: &str) -> bool {
 
 /// Sends SIGTERM and returns how long the child took to exit and whether it
 /// exited successfully (fails after 30 s).
-pub async fn sigterm_and_time(child: &mut tokio::process::Child) -> anyhow::Result<(Duration, bool)> {
+pub async fn sigterm_and_time(
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<(Duration, bool)> {
     sigterm(child);
     let t = Instant::now();
     let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
