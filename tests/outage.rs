@@ -79,6 +79,7 @@ async fn daemon_with_the_remote_down_starts_at_once_and_stops_within_5s() -> any
     let in_round = wait_for(10, || async { Ok(log_has(&log, "next_delay_ms")) }).await?;
     assert!(in_round, "the upload should be retrying the remote");
     let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(ok, "clean exit");
     assert!(
         took < PROMPT,
@@ -109,6 +110,7 @@ async fn daemon_with_the_local_down_starts_at_once_and_stops_within_5s() -> anyh
     );
     assert!(child.try_wait()?.is_none(), "still running");
     let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(ok, "clean exit");
     assert!(took < PROMPT, "SIGTERM with the local down took {took:?}");
     let text = std::fs::read_to_string(&log)?;
@@ -144,6 +146,7 @@ async fn daemon_with_a_frozen_remote_link_starts_at_once_and_stops_within_5s() -
         "the signal must land inside the first 20 s connect attempt ({at_signal:?})"
     );
     let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(ok, "clean exit");
     assert!(took < PROMPT, "SIGTERM with the link frozen took {took:?}");
     Ok(())
@@ -159,6 +162,7 @@ async fn upload_stops_on_sigterm_inside_the_connect_round() -> anyhow::Result<()
     let in_round = wait_for(15, || async { Ok(log_has(&log, "next_delay_ms")) }).await?;
     assert!(in_round, "the upload should be retrying the remote");
     let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(!ok, "an upload that never started exits non-zero");
     assert!(
         took < PROMPT,
@@ -191,6 +195,7 @@ async fn upload_stops_on_sigterm_between_batches() -> anyhow::Result<()> {
     .await?;
     assert!(started, "the upload should start");
     let (took, _) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(took < PROMPT, "SIGTERM mid-upload took {took:?}");
     let local_n = count(&local, "SELECT count(*) FROM meter_readings").await?;
     let remote_n = count(&remote, "SELECT count(*) FROM meter_readings").await?;
@@ -235,6 +240,7 @@ async fn mcp_calls_answer_within_5s_with_the_remote_down() -> anyhow::Result<()>
     let mcp = Mcp::start(&env, &["serve"], "outage-mcp-remote").await?;
     for tool in ["upload_readings", "download_meters", "upload_readings"] {
         let (took, is_error, text) = timed(&mcp, tool).await?;
+        eprintln!("measured: {tool} answered in {took:?}");
         assert!(took < PROMPT, "{tool} took {took:?}");
         assert!(is_error, "{tool}: {text}");
         assert!(
@@ -247,6 +253,7 @@ async fn mcp_calls_answer_within_5s_with_the_remote_down() -> anyhow::Result<()>
         );
     }
     let (took, _, text) = timed(&mcp, "run_sync_cycle").await?;
+    eprintln!("measured: run_sync_cycle answered in {took:?}");
     assert!(took < PROMPT, "run_sync_cycle took {took:?}");
     assert!(
         text.contains("down since") && text.contains("backlog is safe"),
@@ -258,6 +265,13 @@ async fn mcp_calls_answer_within_5s_with_the_remote_down() -> anyhow::Result<()>
         Some(&serde_json::Value::Bool(true)),
         "the collection step still ran: {text}"
     );
+    // Local tools do not wait for the remote.
+    for tool in ["sync_status", "list_meters"] {
+        let (took, is_error, text) = timed(&mcp, tool).await?;
+        eprintln!("measured: {tool} answered in {took:?}");
+        assert!(took < PROMPT, "{tool} took {took:?}");
+        assert!(!is_error, "{tool}: {text}");
+    }
     let (took, is_error, text) = timed(&mcp, "connection_status").await?;
     assert!(took < PROMPT, "connection_status took {took:?}");
     assert!(!is_error, "{text}");
@@ -278,6 +292,7 @@ async fn mcp_calls_answer_within_5s_with_the_local_down() -> anyhow::Result<()> 
     let mcp = Mcp::start(&env, &["serve"], "outage-mcp-local").await?;
     for tool in ["sync_status", "list_meters", "sync_status", "list_meters"] {
         let (took, is_error, text) = timed(&mcp, tool).await?;
+        eprintln!("measured: {tool} answered in {took:?}");
         assert!(took < PROMPT, "{tool} took {took:?}");
         assert!(is_error, "{tool}: {text}");
         assert!(
@@ -326,6 +341,7 @@ async fn a_15s_local_outage_loses_no_reading_from_the_schedule() -> anyhow::Resu
         "held readings should be written when the database returns"
     );
     let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
     assert!(ok && took < PROMPT, "SIGTERM took {took:?}");
     for meter in [1i64, 2] {
         let rows = local
@@ -354,5 +370,95 @@ async fn a_15s_local_outage_loses_no_reading_from_the_schedule() -> anyhow::Resu
             times.len()
         );
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn local_work_starts_at_once_with_the_remote_down() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let (_sim, env) = site(&w).await?;
+    w.remote.stop()?;
+    // Before: each waited the 62 s round for a remote it does not need.
+    for args in [
+        &["collect", "--dry-run"][..],
+        &["collect"][..],
+        &["cycle"][..],
+    ] {
+        let t = Instant::now();
+        let out = run_cli(&env, args, "outage-local-work").await?;
+        let took = t.elapsed();
+        eprintln!("measured: {args:?} took {took:?}");
+        assert!(took < PROMPT, "{args:?} took {took:?}: {}", out.stderr);
+        let report: serde_json::Value = serde_json::from_str(&out.stdout)?;
+        let collect = if args[0] == "cycle" {
+            assert!(!out.ok, "a cycle with failing remote steps exits 1");
+            report
+                .pointer("/collect/result")
+                .cloned()
+                .unwrap_or_default()
+        } else {
+            assert!(out.ok, "{args:?}: {}", out.stderr);
+            report
+        };
+        assert_eq!(collect["meters_read"], 2, "{args:?}: {}", out.stdout);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn daemon_stops_within_5s_when_the_link_freezes_mid_upload_and_nothing_is_lost(
+) -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    let n: i64 = 300_000;
+    local
+        .execute(
+            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+             SELECT g % 50, 'energy_kwh', timestamptz '2026-01-01' + (g / 50) * interval '1 minute', g * 0.5, 'kWh'
+             FROM generate_series(1, $1::bigint) g",
+            &[&n],
+        )
+        .await?;
+    let link = FreezableLink::start(w.remote.port).await?;
+    let mut env = w.env.clone();
+    env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
+    env.insert("UPLOAD_BATCH_SIZE".into(), "1000".into());
+    env.insert("COLLECT_INTERVAL_S".into(), "3600".into());
+    env.insert("DOWNLOAD_INTERVAL_S".into(), "3600".into());
+    env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
+    let (mut child, log, _wd) = spawn_daemon(&env, "outage-frozen-mid-upload")?;
+    let remote = w.remote.client().await?;
+    let started = wait_for(30, || async {
+        Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0)
+    })
+    .await?;
+    assert!(started, "the upload should start");
+    link.set_frozen(true);
+    let frozen_at = count(&remote, "SELECT count(*) FROM meter_readings").await?;
+    assert!(
+        frozen_at < n,
+        "the link froze mid-upload ({frozen_at} of {n} sent)"
+    );
+    let (took, ok) = sigterm_and_time(&mut child).await?;
+    eprintln!("measured: SIGTERM to exit {took:?}");
+    assert!(ok, "clean exit");
+    assert!(
+        took < PROMPT,
+        "SIGTERM with the link frozen mid-upload took {took:?}"
+    );
+    assert!(log_has(&log, "abandoned"), "the stuck upload was abandoned");
+    // The link dies (its connections close): the remote rolls back the
+    // batch in flight; a plain upload then delivers exactly the rest.
+    drop(link);
+    let out = run_cli(&w.env, &["upload"], "outage-after-frozen").await?;
+    assert!(out.ok, "{}", out.stderr);
+    assert_eq!(
+        count(&remote, "SELECT count(*) FROM meter_readings").await?,
+        n
+    );
+    assert_eq!(
+        count(&local, "SELECT count(*) FROM meter_readings").await?,
+        0
+    );
     Ok(())
 }
