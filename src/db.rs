@@ -13,13 +13,16 @@
 //! - errors name the side, host and port and say what to check; they carry
 //!   the server's message but never query text or a password;
 //! - a side whose connection failed is remembered as *down* (since when,
-//!   the last error) until a connection succeeds; how long a checkout may
-//!   wait depends on that and on the caller's [`Patience`]: while a side is
+//!   the last error) until a connection succeeds ([`crate::availability`]);
+//!   how long a checkout may wait depends on that and on the caller's
+//!   [`Patience`]: while a side is
 //!   known down an interactive caller gets one attempt (bounded by
 //!   `DB_CONNECTION_TIMEOUT_MS`) and an error giving the outage, its start
 //!   and where the data is, instead of a 62 s retry round;
 //! - every checkout, its connect attempts and its retry sleeps stop as soon
-//!   as the shutdown token ([`Databases::shutdown_token`]) is cancelled.
+//!   as the shutdown token ([`Databases::shutdown_token`]) is cancelled; a
+//!   checkout after the signal gets one attempt of at most 0.5 s (so the
+//!   run journal can record how the runs in flight ended).
 //!
 //! The rule for code that talks to the remote (it may sit behind PgBouncer in
 //! `pool_mode = transaction`, like Supabase's port 6543): only unnamed
@@ -27,12 +30,10 @@
 //! `batch_execute`) or statements that live inside one explicit transaction;
 //! no `SET` outside a transaction, no advisory locks, no `prepare_cached`.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
 use deadpool_postgres::{
@@ -41,6 +42,8 @@ use deadpool_postgres::{
 use serde::Serialize;
 use tokio_postgres::NoTls;
 
+use crate::availability::{data_note, SideHealth};
+pub use crate::availability::{with_patience, Outage, Patience};
 use crate::config::{Config, ConfigError, DbConfig, PoolConfig, Side, SslMode};
 use crate::retry;
 
@@ -154,92 +157,8 @@ fn pool_error_cause(e: &PoolError) -> (String, bool) {
     }
 }
 
-/// How long a caller may wait for a connection (see [`Databases::get`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Patience {
-    /// Background work (the daemon's jobs): the retry round, except while
-    /// the side is known down, when one attempt is made (the job's next
-    /// tick is the retry).
-    Background,
-    /// Someone is waiting (an MCP tool, a one-shot command): the retry
-    /// round only when the side was last seen up (a restart mid-work); one
-    /// attempt when it is known down or was never reached.
-    Interactive,
-    /// Never wait: one attempt (the collector, which holds its readings in
-    /// memory instead of waiting for the local database).
-    Quick,
-}
-
-impl Patience {
-    fn code(self) -> u8 {
-        match self {
-            Patience::Background => 0,
-            Patience::Interactive => 1,
-            Patience::Quick => 2,
-        }
-    }
-
-    fn from_code(c: u8) -> Self {
-        match c {
-            0 => Patience::Background,
-            2 => Patience::Quick,
-            _ => Patience::Interactive,
-        }
-    }
-}
-
-tokio::task_local! {
-    /// The patience of the task running now, when it overrides the default.
-    static PATIENCE: Patience;
-}
-
-/// Runs `f` with every checkout inside it (on this task) using `patience`
-/// instead of the [`Databases`] default. The collector runs its database
-/// steps with [`Patience::Quick`] this way, without the engines it calls
-/// (the run journal) needing a parameter.
-pub async fn with_patience<F: Future>(patience: Patience, f: F) -> F::Output {
-    PATIENCE.scope(patience, f).await
-}
-
-/// What this process last saw of one side.
-#[derive(Debug, Clone)]
-enum Seen {
-    /// Never tried.
-    Unknown,
-    /// The last checkout succeeded.
-    Up,
-    /// Connections fail since `since`; `cause` is the last failure.
-    Down {
-        since: DateTime<Utc>,
-        started: Instant,
-        cause: String,
-    },
-}
-
-/// A known outage of one side, for messages and status.
-#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
-pub struct Outage {
-    /// When the first failed connection was seen (RFC 3339, UTC).
-    pub since: String,
-    /// How long ago that was, in seconds.
-    pub for_s: u64,
-    /// The last connection error.
-    pub last_error: String,
-}
-
 /// How long a checkout made after the shutdown signal may take.
 const AFTER_SHUTDOWN: Duration = Duration::from_millis(500);
-
-/// Where the data is while `side` is down, for outage messages.
-fn data_note(side: Side) -> String {
-    match side {
-        Side::Remote => "the backlog is safe in the local database and is uploaded when the remote returns".to_string(),
-        Side::Local => format!(
-            "readings already stored are safe on its disk; the daemon holds new readings in memory (up to {}) and writes them when it returns",
-            crate::collect_buffer::MAX_HELD_READINGS
-        ),
-    }
-}
 
 /// Per-database state: its pool and the counters `status()` reports.
 struct Handle {
@@ -248,7 +167,7 @@ struct Handle {
     pool: Pool,
     retries: AtomicU64,
     last_error: Mutex<Option<String>>,
-    seen: Mutex<Seen>,
+    health: SideHealth,
 }
 
 impl Handle {
@@ -297,7 +216,7 @@ impl Handle {
             pool,
             retries: AtomicU64::new(0),
             last_error: Mutex::new(None),
-            seen: Mutex::new(Seen::Unknown),
+            health: SideHealth::new(side, cfg.endpoint()),
         })
     }
 
@@ -315,71 +234,6 @@ impl Handle {
             format!("check {p}_DB")
         } else {
             format!("check {p}_HOST, {p}_PORT and the network")
-        }
-    }
-
-    fn seen(&self) -> Seen {
-        self.seen.lock().map(|g| g.clone()).unwrap_or(Seen::Unknown)
-    }
-
-    /// The outage this side is in, if it is known down.
-    fn outage(&self) -> Option<Outage> {
-        match self.seen() {
-            Seen::Down {
-                since,
-                started,
-                cause,
-            } => Some(Outage {
-                since: since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                for_s: started.elapsed().as_secs(),
-                last_error: cause,
-            }),
-            _ => None,
-        }
-    }
-
-    /// Records a successful connection: logs the end of an outage once.
-    fn mark_up(&self) {
-        if let Ok(mut g) = self.seen.lock() {
-            if let Seen::Down { started, .. } = &*g {
-                tracing::info!(
-                    side = %self.side, endpoint = %self.cfg.endpoint(),
-                    outage_s = started.elapsed().as_secs(),
-                    "{} database is back", self.side
-                );
-            }
-            *g = Seen::Up;
-        }
-    }
-
-    /// Records a failed connection: logs the start of an outage once.
-    fn mark_down(&self, cause: &str) {
-        if let Ok(mut g) = self.seen.lock() {
-            match &mut *g {
-                Seen::Down { cause: c, .. } => *c = cause.to_string(),
-                _ => {
-                    tracing::warn!(
-                        side = %self.side, endpoint = %self.cfg.endpoint(),
-                        "{} database is down: {cause}; {}", self.side, data_note(self.side)
-                    );
-                    *g = Seen::Down {
-                        since: Utc::now(),
-                        started: Instant::now(),
-                        cause: cause.to_string(),
-                    };
-                }
-            }
-        }
-    }
-
-    /// How many retries a checkout with `patience` gets now.
-    fn retries_for(&self, patience: Patience, max_retries: u32) -> u32 {
-        match (patience, self.seen()) {
-            (Patience::Quick, _) => 0,
-            (Patience::Background, Seen::Down { .. }) => 0,
-            (Patience::Background, _) => max_retries,
-            (Patience::Interactive, Seen::Up) => max_retries,
-            (Patience::Interactive, _) => 0,
         }
     }
 
@@ -410,7 +264,7 @@ impl Handle {
         }
         // Attempts against a side already known down log at debug level:
         // the outage was logged once when it began.
-        let was_down = matches!(self.seen(), Seen::Down { .. });
+        let was_down = self.health.is_down();
         let result = retry::retry_until(
             max_retries,
             cancel,
@@ -444,7 +298,7 @@ impl Handle {
         .await;
         match result {
             Ok(obj) => {
-                self.mark_up();
+                self.health.mark_up();
                 Ok(obj)
             }
             Err(retry::Stopped::Cancelled(retries)) => Err(stopped(retries)),
@@ -460,8 +314,8 @@ impl Handle {
                         cause,
                     });
                 }
-                self.mark_down(&cause);
-                let outage = self.outage();
+                self.health.mark_down(&cause);
+                let outage = self.health.outage();
                 let (since, for_s) = outage
                     .map(|o| (o.since, o.for_s))
                     .unwrap_or_else(|| ("now".into(), 0));
@@ -562,9 +416,7 @@ impl Databases {
 
     /// The patience of a checkout made now on this task.
     fn patience(&self) -> Patience {
-        PATIENCE
-            .try_with(|p| *p)
-            .unwrap_or_else(|_| Patience::from_code(self.patience.load(Ordering::Relaxed)))
+        crate::availability::current(Patience::from_code(self.patience.load(Ordering::Relaxed)))
     }
 
     /// The shutdown token: cancelling it stops every checkout, its connect
@@ -575,7 +427,7 @@ impl Databases {
 
     /// The outage `side` is in, if this process knows it is down.
     pub fn outage(&self, side: Side) -> Option<Outage> {
-        self.handle(side).ok().and_then(Handle::outage)
+        self.handle(side).ok().and_then(|h| h.health.outage())
     }
 
     fn handle(&self, side: Side) -> Result<&Handle, DbError> {
@@ -646,7 +498,9 @@ impl Databases {
     /// once when the shutdown token is cancelled.
     pub async fn get(&self, side: Side) -> Result<Object, DbError> {
         let h = self.handle(side)?;
-        let retries = h.retries_for(self.patience(), self.pool_cfg.max_retries);
+        let retries = h
+            .health
+            .retries_for(self.patience(), self.pool_cfg.max_retries);
         let obj = h
             .checkout(retries, self.pool_cfg.idle_timeout, &self.shutdown)
             .await?;
@@ -744,7 +598,7 @@ impl Databases {
             },
             retries: h.retries.load(Ordering::Relaxed),
             last_error: h.last_error.lock().ok().and_then(|g| g.clone()),
-            outage: h.outage(),
+            outage: h.health.outage(),
         }
     }
 

@@ -11,6 +11,8 @@
 //!   passwords are [`config::Secret`]s that never print.
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
 //! - [`db`]: the connection manager, one pool per database, status report.
+//! - [`availability`]: which side is known down, and how long a caller may
+//!   wait for a connection ([`db::Patience`]).
 //! - [`tls`]: rustls connectors for `POSTGRES_CLIENT_SSLMODE`.
 //! - [`migrate`]: embedded migrations for both databases.
 //! - [`runs`]: the `sync_runs` journal every operation writes.
@@ -33,6 +35,7 @@
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
 
 pub mod app;
+pub mod availability;
 pub mod bacnet;
 pub mod collect;
 pub mod collect_buffer;
