@@ -187,7 +187,7 @@ async fn upload_stops_on_sigterm_between_batches() -> anyhow::Result<()> {
         .await?;
     let mut env = w.env.clone();
     env.insert("UPLOAD_BATCH_SIZE".into(), "1000".into());
-    let (mut child, _log, _wd) = spawn_logged(&env, &["upload"], "outage-upload-mid")?;
+    let (mut child, log, _wd) = spawn_logged(&env, &["upload"], "outage-upload-mid")?;
     let remote = w.remote.client().await?;
     let started = wait_for(30, || async {
         Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0)
@@ -201,6 +201,17 @@ async fn upload_stops_on_sigterm_between_batches() -> anyhow::Result<()> {
     let remote_n = count(&remote, "SELECT count(*) FROM meter_readings").await?;
     assert!(local_n > 0, "stopped part way (local {local_n})");
     assert_eq!(local_n + remote_n, n, "nothing lost, nothing doubled");
+    // Stopped by the engine between batches, not killed by the signal's
+    // default action: the run is journalled as cancelled.
+    assert!(log_has(&log, "SIGTERM received"));
+    assert_eq!(
+        count(
+            &local,
+            "SELECT count(*) FROM sync_runs WHERE kind = 'upload' AND status = 'cancelled'"
+        )
+        .await?,
+        1
+    );
     Ok(())
 }
 
