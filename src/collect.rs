@@ -470,20 +470,28 @@ async fn quick<F: std::future::Future>(f: F) -> F::Output {
 /// report's `held` says so.
 ///
 /// Fails on an error that is not transient (`outcomes` are then lost, as
-/// before the buffer existed: holding them would block the buffer).
+/// before the buffer existed: holding them would block the buffer; a held
+/// run refused that way is dropped and counted).
 async fn store_or_hold(app: &App, outcomes: Vec<MeterOutcome>) -> Result<u64, DbError> {
     let buffer = &app.collect_buffer;
     let mut written = 0;
     while let Some(held) = buffer.take_oldest() {
         match store(app, &held).await {
             Ok(n) => written += n,
-            Err(e) => {
+            Err(e) if e.is_transient() => {
                 buffer.put_back(held);
-                if e.is_transient() {
-                    buffer.hold(outcomes);
-                    return Ok(written);
-                }
-                return Err(e);
+                buffer.hold(outcomes);
+                return Ok(written);
+            }
+            // A held run the database refuses for good would block the
+            // buffer: it is dropped, counted and logged, as a new run that
+            // failed so would have been.
+            Err(e) => {
+                let lost = buffer.discard(held);
+                tracing::error!(
+                    readings = lost,
+                    "held readings refused by the local database, dropped: {e}"
+                );
             }
         }
     }

@@ -14,7 +14,10 @@
 //!   WARN and each run's report carries the counts;
 //! - held runs are written oldest first, each in its own transaction, as
 //!   soon as the local database answers again (the next collection), before
-//!   the new run's readings; a write that fails puts the run back in front.
+//!   the new run's readings; a write that fails transiently puts the run
+//!   back in front; one the database refuses for good (not transient) is
+//!   dropped, counted in `dropped` and logged at ERROR, so it cannot block
+//!   the others. Meter health for a held run is recorded when it is written.
 //!
 //! Nothing here survives a restart of the process: the bound is in time as
 //! much as in memory, which is why the README calls it "for a bounded time".
@@ -139,6 +142,14 @@ impl CollectBuffer {
         let mut g = self.lock();
         g.held_readings += readings(&batch);
         g.held.push_front(batch);
+    }
+
+    /// Counts a run taken with [`CollectBuffer::take_oldest`] that the
+    /// database refused for good as dropped; returns its readings.
+    pub fn discard(&self, batch: Vec<MeterOutcome>) -> u64 {
+        let n = readings(&batch) as u64;
+        self.lock().dropped += n;
+        n
     }
 
     /// The counts now.
