@@ -305,7 +305,10 @@ impl Handle {
             Err(retry::Stopped::GaveUp(e, retries)) => {
                 let (cause, transient) = pool_error_cause(&e);
                 let hint = self.hint(&cause);
-                if !transient {
+                // Waiting for a free pool slot timed out: the side is busy,
+                // not down.
+                let busy = matches!(e, PoolError::Timeout(deadpool_postgres::TimeoutType::Wait));
+                if !transient || busy {
                     return Err(DbError::Connect {
                         side: self.side,
                         endpoint: self.cfg.endpoint(),
