@@ -194,13 +194,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = metersync::bacnet::parse_address(&address)
                 .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
             let client = app.bacnet().await?;
-            let devices = metersync::bacnet::discover_devices(
-                client.as_ref(),
-                target,
-                None,
-                std::time::Duration::from_millis(timeout_ms),
-            )
-            .await?;
+            let shutdown = app.shutdown();
+            let devices = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => anyhow::bail!("discovery interrupted by a signal"),
+                r = metersync::bacnet::discover_devices(
+                    client.as_ref(),
+                    target,
+                    None,
+                    std::time::Duration::from_millis(timeout_ms),
+                ) => r?,
+            };
             print_json(&devices)?;
         }
         Command::Cycle => {
