@@ -1,14 +1,65 @@
 //! The application context shared by the MCP server, the daemon and the
 //! CLI: the configuration, the two database pools and the BACnet client. Each front end builds
 //! one [`App`] and calls the same engine functions with it.
+//!
+//! It also holds the start policy ([`App::start_for`]): which database each
+//! kind of work needs at start, so that local work never waits for the
+//! remote and the CLI, the MCP server and the daemon cannot differ.
 
 use std::sync::Arc;
 
 use tokio::sync::OnceCell;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::bacnet::{BacnetConfig, BacnetError, UdpClient};
-use crate::config::Config;
-use crate::db::{Databases, DbError};
+use crate::collect_buffer::CollectBuffer;
+use crate::config::{Config, Side};
+use crate::db::{Databases, DbError, Patience};
+
+/// What a kind of work needs of one database when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Must be reachable: connect with the retry round (62 s by default),
+    /// fail if it stays down.
+    Required,
+    /// Used when reachable: one attempt; a failure is logged and remembered
+    /// (the side is then known down), not fatal.
+    Optional,
+    /// Not contacted at start.
+    Unused,
+}
+
+/// The kinds of work a front end starts; [`Work::needs`] is the start policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// `metersync run`: starts at once whatever is down; collection goes on
+    /// without either database for a bounded time, uploads and downloads
+    /// wait for the remote on their own ticks.
+    Daemon,
+    /// `collect` (also `--dry-run`): the local database only.
+    Collect,
+    /// `upload`, `download-*`: both databases.
+    Transfer,
+    /// `cycle`: the local database; the remote steps report their own
+    /// errors when it is down.
+    Cycle,
+    /// The MCP server: nothing at start; each tool finds out.
+    Serve,
+}
+
+impl Work {
+    /// `(local, remote)` needs at start.
+    pub fn needs(self) -> (Need, Need) {
+        match self {
+            Work::Daemon => (Need::Optional, Need::Unused),
+            Work::Collect => (Need::Required, Need::Unused),
+            Work::Transfer => (Need::Required, Need::Required),
+            Work::Cycle => (Need::Required, Need::Optional),
+            Work::Serve => (Need::Unused, Need::Unused),
+        }
+    }
+}
 
 /// Everything an engine needs to run.
 pub struct App {
@@ -18,6 +69,8 @@ pub struct App {
     pub db: Databases,
     /// The BACnet/IP client, bound on first use (BACNET_BIND).
     bacnet: OnceCell<Arc<UdpClient>>,
+    /// The collector's memory across runs (last meter list, held readings).
+    pub collect_buffer: CollectBuffer,
 }
 
 impl App {
@@ -30,7 +83,45 @@ impl App {
             config,
             db,
             bacnet: OnceCell::new(),
+            collect_buffer: CollectBuffer::new(),
         }))
+    }
+
+    /// The shutdown token: cancelled on SIGTERM/SIGINT when a front end
+    /// called [`crate::shutdown::listen`] with it; every database checkout
+    /// stops with it, and engines take it (or a child) as their `cancel`.
+    pub fn shutdown(&self) -> CancellationToken {
+        self.db.shutdown_token()
+    }
+
+    /// Connects what `work` needs (see [`Work::needs`]) and sets the
+    /// checkout [`Patience`] (background for the daemon, interactive
+    /// otherwise).
+    ///
+    /// Fails when a required side stays unreachable after the retry round,
+    /// refuses the credentials, or the shutdown token is cancelled.
+    pub async fn start_for(&self, work: Work) -> Result<(), DbError> {
+        self.db.set_patience(match work {
+            Work::Daemon => Patience::Background,
+            _ => Patience::Interactive,
+        });
+        let (local, remote) = work.needs();
+        for (side, need) in [(Side::Local, local), (Side::Remote, remote)] {
+            if side == Side::Remote && !self.db.has_remote() {
+                continue;
+            }
+            match need {
+                Need::Unused => {}
+                Need::Required => self.db.initialize_side(side).await?,
+                Need::Optional => {
+                    let probe = crate::db::with_patience(Patience::Quick, self.db.get(side));
+                    if let Err(e) = probe.await {
+                        tracing::warn!("starting without the {side} database: {e}");
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The shared BACnet client, binding its socket on first use.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use metersync::app::App;
+use metersync::app::{App, Work};
 use metersync::config::Config;
 use metersync::download::Table;
 use metersync::progress::LogProgress;
@@ -124,21 +124,21 @@ enum Command {
     },
 }
 
-/// Cancels the returned token on Ctrl-C or SIGTERM (the engines then stop
-/// between batches).
-fn cancel_on_signal() -> tokio_util::sync::CancellationToken {
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let c = cancel.clone();
-    tokio::spawn(async move {
-        metersync::daemon::shutdown_signal().await;
-        c.cancel();
-    });
-    cancel
-}
-
+/// Loads the configuration and builds the [`App`]; SIGTERM and SIGINT
+/// cancel its shutdown token from now on (every command the same way: the
+/// engines stop between batches, checkouts and retry sleeps at once).
 fn load() -> anyhow::Result<Arc<App>> {
     let config = Config::load().context("configuration")?;
-    App::new(config).context("setting up the database pools")
+    let app = App::new(config).context("setting up the database pools")?;
+    metersync::shutdown::listen(app.shutdown());
+    Ok(app)
+}
+
+/// [`load`], then connect what `work` needs ([`Work::needs`]).
+async fn start(work: Work) -> anyhow::Result<Arc<App>> {
+    let app = load()?;
+    app.start_for(work).await?;
+    Ok(app)
 }
 
 /// Prints `value` as JSON on stdout. A closed stdout (`metersync collect |
@@ -159,8 +159,7 @@ fn print_text(text: &str) -> anyhow::Result<()> {
 }
 
 async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
-    let app = load()?;
-    app.db.initialize().await?;
+    let app = start(Work::Transfer).await?;
     let progress = LogProgress(table.run_kind());
     let report = metersync::download::download(&app, table, dry_run, &progress).await;
     app.db.close();
@@ -171,9 +170,15 @@ async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
-            let app = load()?;
+            let app = start(Work::Serve).await?;
             let read_only = cli.read_only || app.config.read_only;
-            metersync::mcp::serve_stdio(app, read_only).await?;
+            let shutdown = app.shutdown();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {}
+                r = metersync::mcp::serve_stdio(app.clone(), read_only) => r?,
+            }
+            app.db.close();
         }
         Command::Migrate {
             local,
@@ -237,9 +242,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             batch_size,
             max_rows,
         } => {
-            let app = load()?;
-            app.db.initialize().await?;
-            let cancel = cancel_on_signal();
+            let app = start(Work::Transfer).await?;
+            let cancel = app.shutdown();
             let opts = metersync::upload::UploadOptions {
                 batch_size,
                 max_rows,
@@ -254,14 +258,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             app.db.close();
         }
         Command::Collect { meter_ids, dry_run } => {
-            let app = load()?;
-            app.db.initialize().await?;
+            let app = start(Work::Collect).await?;
             let client = app.bacnet().await?;
             let opts = metersync::collect::CollectOptions {
                 meter_ids: (!meter_ids.is_empty()).then_some(meter_ids),
                 dry_run,
             };
-            let cancel = cancel_on_signal();
+            let cancel = app.shutdown();
             let r = metersync::collect::collect(
                 &app,
                 client.as_ref(),
@@ -282,19 +285,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let target = metersync::bacnet::parse_address(&address)
                 .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
             let client = app.bacnet().await?;
-            let devices = metersync::bacnet::discover_devices(
-                client.as_ref(),
-                target,
-                None,
-                std::time::Duration::from_millis(timeout_ms),
-            )
-            .await?;
+            let shutdown = app.shutdown();
+            let devices = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => anyhow::bail!("discovery interrupted by a signal"),
+                r = metersync::bacnet::discover_devices(
+                    client.as_ref(),
+                    target,
+                    None,
+                    std::time::Duration::from_millis(timeout_ms),
+                ) => r?,
+            };
             print_json(&devices)?;
         }
         Command::Cycle => {
-            let app = load()?;
-            app.db.initialize().await?;
-            let cancel = cancel_on_signal();
+            let app = start(Work::Cycle).await?;
+            let cancel = app.shutdown();
             let r = metersync::cycle::run_cycle(&app, &LogProgress("cycle"), &cancel).await;
             print_json(&r)?;
             app.db.close();
@@ -303,22 +309,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Run => {
-            let app = load()?;
-            // Collection needs only the local database: a remote that is down
-            // now is retried by the upload and download loops, not fatal.
-            app.db
-                .initialize_side(metersync::config::Side::Local)
-                .await?;
-            if app.db.has_remote() {
-                if let Err(e) = app
-                    .db
-                    .initialize_side(metersync::config::Side::Remote)
-                    .await
-                {
-                    tracing::warn!("starting without the remote database: {e}");
-                }
-            }
-            metersync::daemon::run(app, cancel_on_signal()).await;
+            let app = start(Work::Daemon).await?;
+            metersync::daemon::run(app).await;
         }
         Command::Quarantine {
             requeue,
@@ -388,7 +380,7 @@ async fn demo(serve: bool, read_only: bool) -> anyhow::Result<()> {
         result?;
         return Ok(());
     }
-    let cancel = cancel_on_signal();
+    let cancel = metersync::shutdown::listen(world.app.shutdown());
     let report = metersync::cycle::run_cycle(&world.app, &LogProgress("cycle"), &cancel).await;
     let remote = world.remote_readings().await.unwrap_or(-1);
     print!("{}", metersync::demo::summary(&world, &report, remote));

@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::bacnet::{self, BacnetClient};
 use crate::config::Side;
-use crate::db::DbError;
+use crate::db::{self, DbError, Patience};
 use crate::meter_def::MeterDefinition;
 use crate::progress::Progress;
 use crate::runs::{self, RunStatus};
@@ -95,6 +95,9 @@ pub struct CollectReport {
     pub cancelled: bool,
     /// Wall time.
     pub duration_ms: u64,
+    /// Readings held in memory while the local database is down, and
+    /// readings dropped because that buffer was full ([`crate::collect_buffer`]).
+    pub held: crate::collect_buffer::HeldStats,
 }
 
 /// Why a collection could not run.
@@ -229,8 +232,26 @@ pub async fn collect(
     cancel: &CancellationToken,
 ) -> Result<CollectReport, CollectError> {
     let started = Instant::now();
-    let meters = load_meters(app, opts.meter_ids.as_deref()).await?;
-    let run = runs::start(&app.db, "collect").await?;
+    // The collector never waits for the local database (one attempt per
+    // step): while it is down, the last meter list is read and the readings
+    // are held in memory (crate::collect_buffer).
+    let ids = opts.meter_ids.as_deref();
+    let (meters, run) = match quick(load_meters(app, ids)).await {
+        Ok(meters) => {
+            if ids.is_none() {
+                app.collect_buffer.remember_meters(&meters);
+            }
+            (meters, quick(runs::start(&app.db, "collect")).await.ok())
+        }
+        Err(CollectError::Db(e)) if e.is_transient() => match app.collect_buffer.meters(ids) {
+            Some(meters) => {
+                tracing::debug!("local database down, reading the last meter list: {e}");
+                (meters, None)
+            }
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e),
+    };
     let total = meters.len() as u64;
     let done = AtomicU64::new(0);
     let concurrency = app.config.collect_concurrency.max(1);
@@ -299,29 +320,35 @@ pub async fn collect(
     let write = if opts.dry_run {
         Ok((0, Vec::new()))
     } else {
-        store(app, &outcomes).await
+        quick(store_or_hold(app, outcomes)).await
     };
-    report.duration_ms = started.elapsed().as_millis() as u64;
-    match write {
-        Ok((n, refused)) => {
-            report.readings_written = n;
-            for (meter_id, error) in refused {
-                report.meters_read = report.meters_read.saturating_sub(1);
-                report.meters_failed += 1;
-                if report.failures.len() < LIST_CAP {
-                    report.failures.push(MeterFailure { meter_id, error });
-                } else {
-                    report.failures_omitted += 1;
-                }
+    let write = write.map(|(n, refused)| {
+        report.readings_written = n;
+        for (meter_id, error) in refused {
+            report.meters_read = report.meters_read.saturating_sub(1);
+            report.meters_failed += 1;
+            if report.failures.len() < LIST_CAP {
+                report.failures.push(MeterFailure { meter_id, error });
+            } else {
+                report.failures_omitted += 1;
             }
-            report.failures.sort_by_key(|f| f.meter_id);
+        }
+        report.failures.sort_by_key(|f| f.meter_id);
+    });
+    report.held = app.collect_buffer.stats();
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    let Some(run) = run else {
+        return write.map(|()| report).map_err(Into::into);
+    };
+    match write {
+        Ok(()) => {
             let counts = serde_json::to_value(&report).unwrap_or_default();
             let status = if cancelled {
                 RunStatus::Cancelled
             } else {
                 RunStatus::Ok
             };
-            runs::finish(&app.db, run, status, &counts, None).await;
+            quick(runs::finish(&app.db, run, status, &counts, None)).await;
             tracing::info!(
                 meters_read = report.meters_read,
                 meters_failed = report.meters_failed,
@@ -332,13 +359,13 @@ pub async fn collect(
             Ok(report)
         }
         Err(e) => {
-            runs::finish(
+            quick(runs::finish(
                 &app.db,
                 run,
                 RunStatus::Failed,
                 &serde_json::json!({}),
                 Some(&e.to_string()),
-            )
+            ))
             .await;
             Err(e.into())
         }
@@ -440,6 +467,66 @@ pub async fn read_live(
         points,
         duration_ms: started.elapsed().as_millis() as u64,
     })
+}
+
+/// Runs `f` with one connection attempt per checkout (see [`db::Patience`]).
+async fn quick<F: std::future::Future>(f: F) -> F::Output {
+    db::with_patience(Patience::Quick, f).await
+}
+
+/// Writes the runs held in memory (oldest first), then `outcomes`; returns
+/// the readings newly stored. When the local database is down (a transient
+/// error) `outcomes` are held in memory instead and this returns `Ok`: the
+/// report's `held` says so.
+///
+/// Fails on an error that is not transient (`outcomes` are then lost, as
+/// before the buffer existed: holding them would block the buffer; a held
+/// run refused that way is dropped and counted).
+async fn store_or_hold(
+    app: &App,
+    outcomes: Vec<MeterOutcome>,
+) -> Result<(u64, Vec<(i64, String)>), DbError> {
+    let buffer = &app.collect_buffer;
+    let mut written = 0;
+    while let Some(held) = buffer.take_oldest() {
+        match store(app, &held).await {
+            Ok((n, refused)) => {
+                written += n;
+                for (meter_id, why) in refused {
+                    tracing::warn!(meter_id, "held readings refused: {why}");
+                }
+            }
+            Err(e) if e.is_transient() => {
+                buffer.put_back(held);
+                buffer.hold(outcomes);
+                return Ok((written, Vec::new()));
+            }
+            // A held run the database refuses for good would block the
+            // buffer: it is dropped, counted and logged, as a new run that
+            // failed so would have been.
+            Err(e) => {
+                let lost = buffer.discard(held);
+                tracing::error!(
+                    readings = lost,
+                    "held readings refused by the local database, dropped: {e}"
+                );
+            }
+        }
+    }
+    if written > 0 {
+        tracing::info!(
+            readings = written,
+            "readings held in memory during the local outage are written"
+        );
+    }
+    match store(app, &outcomes).await {
+        Ok((n, refused)) => Ok((written + n, refused)),
+        Err(e) if e.is_transient() => {
+            buffer.hold(outcomes);
+            Ok((written, Vec::new()))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes the readings and the health of every meter in one transaction;

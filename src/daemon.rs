@@ -2,75 +2,33 @@
 //! intervals until SIGTERM or SIGINT.
 //!
 //! Guarantees:
-//! - the three loops are independent: the remote being down stalls uploads
-//!   and downloads, never collection (readings accumulate locally and drain,
-//!   oldest first, when the remote returns);
-//! - an error is logged and the job runs again on its next tick; each tick
-//!   runs in its own task, so even a bug that panicked would cost one tick,
-//!   not the loop;
-//! - on shutdown the jobs in flight are told to stop between batches (an
-//!   upload finishes the batch it is sending), and the daemon waits for them
-//!   before it returns.
+//! - it starts at once whatever is down ([`crate::app::Work::Daemon`]): the
+//!   three loops are independent; the remote being down stalls uploads and
+//!   downloads, never collection (readings accumulate locally and drain,
+//!   oldest first, when the remote returns); the local database being down
+//!   stalls nothing either: the collector reads the last meter list it
+//!   loaded and holds readings in memory ([`crate::collect_buffer`]);
+//! - checkouts are [`crate::db::Patience::Background`]: a side known down
+//!   costs one attempt per tick, not a retry round;
+//! - each tick runs in its own task, so even a bug that panicked would cost
+//!   one tick, not the loop; the schedule, logging and shutdown rules are
+//!   those of [`crate::ticks`]: SIGTERM ends the daemon within
+//!   [`crate::ticks::DRAIN_GRACE`] plus moments, in every state.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
-
-use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::progress::LogProgress;
+use crate::ticks::{every, Failure, Tick};
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received, finishing the work in flight"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received, finishing the work in flight"),
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM ({e}); only Ctrl-C stops the daemon");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+fn failed(message: String, transient: bool) -> Tick {
+    Tick::Failed(Failure { message, transient })
 }
 
-/// Runs `job` now and then every `every` until `shutdown`; each run in its
-/// own task so that nothing in a run can end the loop.
-async fn every<F, Fut>(name: &'static str, every: Duration, shutdown: CancellationToken, job: F)
-where
-    F: Fn(CancellationToken) -> Fut,
-    Fut: Future<Output = Result<String, String>> + Send + 'static,
-{
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = ticker.tick() => {}
-        }
-        match tokio::spawn(job(shutdown.clone())).await {
-            Ok(Ok(summary)) => tracing::info!(job = name, "{summary}"),
-            Ok(Err(e)) => tracing::warn!(job = name, "failed, will retry on the next tick: {e}"),
-            Err(e) => tracing::error!(job = name, "crashed, will retry on the next tick: {e}"),
-        }
-    }
-    tracing::info!(job = name, "stopped");
-}
-
-/// Runs the three loops until `shutdown` is cancelled, then waits for the
-/// work in flight to finish.
-pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
+/// Runs the three loops until `app.shutdown()` is cancelled, then waits for
+/// the work in flight to stop (at most [`crate::ticks::DRAIN_GRACE`]).
+pub async fn run(app: Arc<App>) {
+    let shutdown = app.shutdown();
     let cfg = &app.config;
     tracing::info!(
         collect_s = cfg.collect_interval.as_secs(),
@@ -86,7 +44,10 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         move |cancel| {
             let app = a.clone();
             async move {
-                let client = app.bacnet().await.map_err(|e| e.to_string())?;
+                let client = match app.bacnet().await {
+                    Ok(c) => c,
+                    Err(e) => return failed(e.to_string(), false),
+                };
                 let r = crate::collect::collect(
                     &app,
                     client.as_ref(),
@@ -94,12 +55,31 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
                     &LogProgress("collect"),
                     &cancel,
                 )
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(format!(
-                    "{} meters read, {} failed, {} readings stored",
-                    r.meters_read, r.meters_failed, r.readings_written
-                ))
+                .await;
+                match r {
+                    Err(crate::collect::CollectError::Db(e)) => {
+                        let transient = e.is_transient();
+                        failed(e.to_string(), transient)
+                    }
+                    Err(e) => failed(e.to_string(), false),
+                    Ok(r) => {
+                        let mut line = format!(
+                            "{} meters read, {} failed, {} readings stored",
+                            r.meters_read, r.meters_failed, r.readings_written
+                        );
+                        if r.held.held > 0 || r.held.dropped > 0 {
+                            line.push_str(&format!(
+                                ", {} held in memory (local database down), {} dropped",
+                                r.held.held, r.held.dropped
+                            ));
+                        }
+                        if r.meters_read + r.meters_failed == 0 {
+                            Tick::Idle(line)
+                        } else {
+                            Tick::Busy(line)
+                        }
+                    }
+                }
             }
         },
     );
@@ -111,18 +91,30 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         move |cancel| {
             let app = a.clone();
             async move {
-                let r = crate::upload::upload(
+                match crate::upload::upload(
                     &app,
                     crate::upload::UploadOptions::default(),
                     &LogProgress("upload"),
                     &cancel,
                 )
                 .await
-                .map_err(|e| e.to_string())?;
-                Ok(format!(
-                    "{} uploaded, {} already present, {} remaining",
-                    r.uploaded, r.already_present, r.remaining
-                ))
+                {
+                    Err(e) => {
+                        let transient = e.is_transient();
+                        failed(e.to_string(), transient)
+                    }
+                    Ok(r) => {
+                        let line = format!(
+                            "{} uploaded, {} already present, {} remaining",
+                            r.uploaded, r.already_present, r.remaining
+                        );
+                        if r.uploaded + r.already_present == 0 {
+                            Tick::Idle(line)
+                        } else {
+                            Tick::Busy(line)
+                        }
+                    }
+                }
             }
         },
     );
@@ -134,26 +126,33 @@ pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
         move |_cancel| {
             let app = a.clone();
             async move {
-                let t = crate::download::download(
-                    &app,
+                let mut changes = 0;
+                let mut line = Vec::new();
+                for table in [
                     crate::download::Table::Tenants,
-                    false,
-                    &LogProgress("download"),
-                )
-                .await
-                .map_err(|e| format!("tenants: {e}"))?;
-                let m = crate::download::download(
-                    &app,
                     crate::download::Table::Meters,
-                    false,
-                    &LogProgress("download"),
-                )
-                .await
-                .map_err(|e| format!("meters: {e}"))?;
-                Ok(format!(
-                    "tenants +{} ~{} -{}, meters +{} ~{} -{}",
-                    t.inserted, t.updated, t.deactivated, m.inserted, m.updated, m.deactivated
-                ))
+                ] {
+                    match crate::download::download(&app, table, false, &LogProgress("download"))
+                        .await
+                    {
+                        Err(e) => {
+                            let transient = e.is_transient();
+                            return failed(e.to_string(), transient);
+                        }
+                        Ok(r) => {
+                            changes += r.inserted + r.updated + r.deactivated;
+                            line.push(format!(
+                                "{} +{} ~{} -{}",
+                                r.table, r.inserted, r.updated, r.deactivated
+                            ));
+                        }
+                    }
+                }
+                if changes == 0 {
+                    Tick::Idle(line.join(", "))
+                } else {
+                    Tick::Busy(line.join(", "))
+                }
             }
         },
     );

@@ -11,7 +11,18 @@
 //! - connections idle longer than `DB_POOL_IDLE_TIMEOUT_MS` are closed on the
 //!   next checkout;
 //! - errors name the side, host and port and say what to check; they carry
-//!   the server's message but never query text or a password.
+//!   the server's message but never query text or a password;
+//! - a side whose connection failed is remembered as *down* (since when,
+//!   the last error) until a connection succeeds ([`crate::availability`]);
+//!   how long a checkout may wait depends on that and on the caller's
+//!   [`Patience`]: while a side is
+//!   known down an interactive caller gets one attempt (bounded by
+//!   `DB_CONNECTION_TIMEOUT_MS`) and an error giving the outage, its start
+//!   and where the data is, instead of a 62 s retry round;
+//! - every checkout, its connect attempts and its retry sleeps stop as soon
+//!   as the shutdown token ([`Databases::shutdown_token`]) is cancelled; a
+//!   checkout after the signal gets one attempt of at most 0.5 s (so the
+//!   run journal can record how the runs in flight ended).
 //!
 //! The rule for code that talks to the remote (it may sit behind PgBouncer in
 //! `pool_mode = transaction`, like Supabase's port 6543): only unnamed
@@ -19,9 +30,11 @@
 //! `batch_execute`) or statements that live inside one explicit transaction;
 //! no `SET` outside a transaction, no advisory locks, no `prepare_cached`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
@@ -29,6 +42,8 @@ use deadpool_postgres::{
 use serde::Serialize;
 use tokio_postgres::NoTls;
 
+use crate::availability::{data_note, SideHealth};
+pub use crate::availability::{with_patience, Outage, Patience};
 use crate::config::{Config, ConfigError, DbConfig, PoolConfig, Side, SslMode};
 use crate::fault::{self, ErrorClass};
 use crate::retry;
@@ -186,6 +201,9 @@ fn pool_error_cause(side: Side, e: &PoolError) -> (String, bool) {
     (cause, retry)
 }
 
+/// How long a checkout made after the shutdown signal may take.
+const AFTER_SHUTDOWN: Duration = Duration::from_millis(500);
+
 /// Per-database state: its pool and the counters `status()` reports.
 struct Handle {
     side: Side,
@@ -193,6 +211,7 @@ struct Handle {
     pool: Pool,
     retries: AtomicU64,
     last_error: Mutex<Option<String>>,
+    health: SideHealth,
 }
 
 impl Handle {
@@ -258,6 +277,7 @@ impl Handle {
             pool,
             retries: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            health: SideHealth::new(side, cfg.endpoint()),
         })
     }
 
@@ -267,12 +287,37 @@ impl Handle {
         }
     }
 
-    /// One checkout, with up to `max_retries` retries on transient failures.
-    async fn checkout(&self, max_retries: u32, idle: Duration) -> Result<Object, DbError> {
+    /// One checkout, with up to `max_retries` retries on transient failures,
+    /// stopping when `cancel` is cancelled.
+    async fn checkout(
+        &self,
+        max_retries: u32,
+        idle: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Object, DbError> {
         // Close connections idle for longer than DB_POOL_IDLE_TIMEOUT_MS.
         self.pool.retain(|_, m| m.last_used() < idle);
-        let result = retry::retry(
+        let stopped = |retries| DbError::Connect {
+            side: self.side,
+            endpoint: self.cfg.endpoint(),
+            retries,
+            cause: "stopped: metersync is shutting down".into(),
+            hint: "nothing to do; the work resumes on the next start".into(),
+        };
+        if cancel.is_cancelled() {
+            // After the signal: one short attempt, so that the journal can
+            // still record how the runs in flight ended; nothing waits.
+            return match tokio::time::timeout(AFTER_SHUTDOWN, self.pool.get()).await {
+                Ok(Ok(obj)) => Ok(obj),
+                _ => Err(stopped(0)),
+            };
+        }
+        // Attempts against a side already known down log at debug level:
+        // the outage was logged once when it began.
+        let was_down = self.health.is_down();
+        let result = retry::retry_until(
             max_retries,
+            cancel,
             || self.pool.get(),
             |e| pool_error_cause(self.side, e).1,
             |attempt, e, next| {
@@ -286,6 +331,12 @@ impl Handle {
                             "connection attempt failed: {cause}"
                         );
                     }
+                    // A transient failure starts (or continues) an outage,
+                    // which mark_down logs once.
+                    None if was_down || pool_error_cause(self.side, e).1 => tracing::debug!(
+                        side = %self.side, host = %self.cfg.host, port = self.cfg.port,
+                        attempt, "connection attempt failed, giving up: {cause}"
+                    ),
                     None => tracing::error!(
                         side = %self.side, host = %self.cfg.host, port = self.cfg.port,
                         attempt, "connection attempt failed, giving up: {cause}"
@@ -296,25 +347,46 @@ impl Handle {
         )
         .await;
         match result {
-            Ok(obj) => Ok(obj),
-            Err((e, retries)) => {
+            Ok(obj) => {
+                self.health.mark_up();
+                Ok(obj)
+            }
+            Err(retry::Stopped::Cancelled(retries)) => Err(stopped(retries)),
+            Err(retry::Stopped::GaveUp(e, retries)) => {
                 let (cause, _) = pool_error_cause(self.side, &e);
                 let f = fault::pool(self.side, &e);
-                Err(match f.class {
-                    ErrorClass::Transient => DbError::Connect {
+                if f.class != ErrorClass::Transient {
+                    return Err(DbError::Refused {
+                        side: self.side,
+                        endpoint: self.cfg.endpoint(),
+                        cause,
+                        hint: f.hint,
+                        class: f.class,
+                    });
+                }
+                // Waiting for a free pool slot timed out: the side is busy,
+                // not down.
+                let busy = matches!(e, PoolError::Timeout(deadpool_postgres::TimeoutType::Wait));
+                if busy {
+                    return Err(DbError::Connect {
                         side: self.side,
                         endpoint: self.cfg.endpoint(),
                         retries,
                         hint: f.hint,
                         cause,
-                    },
-                    class => DbError::Refused {
-                        side: self.side,
-                        endpoint: self.cfg.endpoint(),
-                        cause,
-                        hint: f.hint,
-                        class,
-                    },
+                    });
+                }
+                self.health.mark_down(&cause);
+                let outage = self.health.outage();
+                let (since, for_s) = outage
+                    .map(|o| (o.since, o.for_s))
+                    .unwrap_or_else(|| ("now".into(), 0));
+                Err(DbError::Connect {
+                    side: self.side,
+                    endpoint: self.cfg.endpoint(),
+                    retries,
+                    cause: format!("down since {since} ({for_s} s): {cause}"),
+                    hint: format!("{}; {}", data_note(self.side), f.hint),
                 })
             }
         }
@@ -327,6 +399,10 @@ pub struct Databases {
     local: Handle,
     remote: Option<Handle>,
     pool_cfg: PoolConfig,
+    /// The default [`Patience`] of checkouts (see [`Databases::set_patience`]).
+    patience: AtomicU8,
+    /// Cancelled on shutdown: every checkout stops.
+    shutdown: CancellationToken,
 }
 
 /// Pool occupancy.
@@ -363,6 +439,9 @@ pub struct DbStatus {
     pub retries: u64,
     /// The most recent connection or query error, if the last attempt failed.
     pub last_error: Option<String>,
+    /// The outage this side is in, as this process saw it (checkouts fail
+    /// fast while it lasts).
+    pub outage: Option<Outage>,
 }
 
 /// Both databases' status.
@@ -386,7 +465,31 @@ impl Databases {
                 .map(|r| Handle::new(Side::Remote, r, &config.pool))
                 .transpose()?,
             pool_cfg: config.pool.clone(),
+            patience: AtomicU8::new(Patience::Interactive.code()),
+            shutdown: CancellationToken::new(),
         })
+    }
+
+    /// Sets the default [`Patience`] of checkouts: the daemon sets
+    /// [`Patience::Background`]; the default is [`Patience::Interactive`].
+    pub fn set_patience(&self, patience: Patience) {
+        self.patience.store(patience.code(), Ordering::Relaxed);
+    }
+
+    /// The patience of a checkout made now on this task.
+    fn patience(&self) -> Patience {
+        crate::availability::current(Patience::from_code(self.patience.load(Ordering::Relaxed)))
+    }
+
+    /// The shutdown token: cancelling it stops every checkout, its connect
+    /// attempts and retry sleeps (see [`crate::shutdown`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The outage `side` is in, if this process knows it is down.
+    pub fn outage(&self, side: Side) -> Option<Outage> {
+        self.handle(side).ok().and_then(|h| h.health.outage())
     }
 
     fn handle(&self, side: Side) -> Result<&Handle, DbError> {
@@ -412,13 +515,19 @@ impl Databases {
         Ok(())
     }
 
-    /// Connects one side with the retry policy and runs a test query.
+    /// Connects one side with the retry policy (whatever the caller's
+    /// [`Patience`]: this is a first start) and runs a test query.
     ///
-    /// Fails as [`Databases::initialize`] does, for that side only.
+    /// Fails as [`Databases::initialize`] does, for that side only, or when
+    /// the shutdown token is cancelled.
     pub async fn initialize_side(&self, side: Side) -> Result<(), DbError> {
         let h = self.handle(side)?;
         let client = h
-            .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
+            .checkout(
+                self.pool_cfg.max_retries,
+                self.pool_cfg.idle_timeout,
+                &self.shutdown,
+            )
             .await?;
         client
             .simple_query("SELECT 1")
@@ -440,11 +549,22 @@ impl Databases {
         self.get(Side::Remote).await
     }
 
-    /// A connection to `side`, connecting with the retry policy.
+    /// A connection to `side`. How long it may take depends on the caller's
+    /// [`Patience`] and on whether the side is known down: the retry round
+    /// (`MAX_CONNECTION_RETRIES`, 62 s by default) for background work and
+    /// for a side last seen up, else one attempt bounded by
+    /// `DB_CONNECTION_TIMEOUT_MS`.
+    ///
+    /// Fails when no connection could be made (while the side is down the
+    /// message gives the outage, its start and where the data is), or at
+    /// once when the shutdown token is cancelled.
     pub async fn get(&self, side: Side) -> Result<Object, DbError> {
         let h = self.handle(side)?;
+        let retries = h
+            .health
+            .retries_for(self.patience(), self.pool_cfg.max_retries);
         let obj = h
-            .checkout(self.pool_cfg.max_retries, self.pool_cfg.idle_timeout)
+            .checkout(retries, self.pool_cfg.idle_timeout, &self.shutdown)
             .await?;
         h.set_last_error(None);
         Ok(obj)
@@ -455,7 +575,7 @@ impl Databases {
     /// `DB_CONNECTION_TIMEOUT_MS` rather than after the retry policy.
     pub async fn get_once(&self, side: Side) -> Result<Object, DbError> {
         let h = self.handle(side)?;
-        let obj = h.checkout(0, self.pool_cfg.idle_timeout).await?;
+        let obj = h.checkout(0, self.pool_cfg.idle_timeout, &self.shutdown).await?;
         h.set_last_error(None);
         Ok(obj)
     }
@@ -501,12 +621,16 @@ impl Databases {
                 last_error: Some(
                     "not configured: set POSTGRES_CLIENT_HOST, _DB, _USER and _PASSWORD".into(),
                 ),
+                outage: None,
             };
         };
         let mut connected = false;
         let mut latency_ms = None;
         let mut server_version = None;
-        match h.checkout(0, self.pool_cfg.idle_timeout).await {
+        match h
+            .checkout(0, self.pool_cfg.idle_timeout, &self.shutdown)
+            .await
+        {
             Ok(client) => {
                 let t = Instant::now();
                 match client
@@ -546,6 +670,7 @@ impl Databases {
             },
             retries: h.retries.load(Ordering::Relaxed),
             last_error: h.last_error.lock().ok().and_then(|g| g.clone()),
+            outage: h.health.outage(),
         }
     }
 

@@ -12,6 +12,8 @@
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
 //! - [`db`]: the connection manager, one pool per database, status report.
 //! - [`fault`]: the one error classification (transient / operator / bug).
+//! - [`availability`]: which side is known down, and how long a caller may
+//!   wait for a connection ([`db::Patience`]).
 //! - [`tls`]: rustls connectors for both sides' `_SSLMODE` / `_SSLROOTCERT` (libpq semantics).
 //! - [`migrate`]: embedded migrations for both databases.
 //! - [`runs`]: the `sync_runs` journal every operation writes.
@@ -29,13 +31,19 @@
 //! - [`meters`]: the local meter list, paged (`list_meters`).
 //! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
-//! - [`daemon`]: `metersync run`, the three loops and graceful shutdown.
+//! - [`daemon`]: `metersync run`, the three loops.
+//! - [`ticks`]: the daemon's schedule (skip missed ticks, shutdown first)
+//!   and what it logs per tick.
+//! - [`shutdown`]: SIGTERM/SIGINT -> one cancellation token for everything.
+//! - [`collect_buffer`]: the collector's memory through a local outage.
 //! - [`demo`]: `metersync demo`, a whole site on loopback.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
 
 pub mod app;
+pub mod availability;
 pub mod bacnet;
 pub mod collect;
+pub mod collect_buffer;
 pub mod config;
 pub mod cycle;
 pub mod daemon;
@@ -52,6 +60,8 @@ pub mod progress;
 pub mod quarantine;
 pub mod retry;
 pub mod runs;
+pub mod shutdown;
 pub mod status;
+pub mod ticks;
 pub mod tls;
 pub mod upload;

@@ -2,11 +2,17 @@
 //! 32 000 ms, for at most `MAX_CONNECTION_RETRIES` retries after the first
 //! attempt.
 //!
-//! Every database connection attempt goes through [`retry`], so the schedule
-//! is defined in one place and tested with paused time.
+//! Every database connection attempt goes through [`retry`] (or
+//! [`retry_until`], which also stops on a shutdown token), so the schedule is
+//! defined in one place and tested with paused time.
+//!
+//! Guarantee: [`retry_until`] returns within moments of its token being
+//! cancelled, whether it is inside an attempt or a backoff sleep.
 
 use std::future::Future;
 use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// The first retry waits this long; each later one doubles it.
 pub const BASE_DELAY: Duration = Duration::from_millis(2_000);
@@ -49,6 +55,59 @@ where
                     None => return Err((e, retries)),
                     Some(d) => {
                         tokio::time::sleep(d).await;
+                        retries += 1;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why [`retry_until`] stopped without a result.
+#[derive(Debug)]
+pub enum Stopped<E> {
+    /// The last error, and the retries made, when the policy gave up.
+    GaveUp(E, u32),
+    /// The token was cancelled (after this many retries); the attempt in
+    /// flight, if any, was dropped.
+    Cancelled(u32),
+}
+
+/// [`retry`], stopping as soon as `cancel` is cancelled: the attempt in
+/// flight and the backoff sleep are both raced against the token (shutdown
+/// first), so a signal never waits out a connect round.
+pub async fn retry_until<T, E, F, Fut>(
+    max_retries: u32,
+    cancel: &CancellationToken,
+    mut attempt: F,
+    retryable: impl Fn(&E) -> bool,
+    mut on_failure: impl FnMut(u32, &E, Option<Duration>),
+) -> Result<T, Stopped<E>>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut retries = 0u32;
+    loop {
+        let outcome = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Stopped::Cancelled(retries)),
+            r = attempt() => r,
+        };
+        match outcome {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                let give_up = retries >= max_retries || !retryable(&e);
+                let delay = (!give_up).then(|| backoff_delay(retries));
+                on_failure(retries + 1, &e, delay);
+                match delay {
+                    None => return Err(Stopped::GaveUp(e, retries)),
+                    Some(d) => {
+                        tokio::select! {
+                            biased;
+                            _ = cancel.cancelled() => return Err(Stopped::Cancelled(retries)),
+                            _ = tokio::time::sleep(d) => {}
+                        }
                         retries += 1;
                     }
                 }
@@ -133,5 +192,46 @@ mod tests {
         )
         .await;
         assert_eq!(r.unwrap(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_stops_a_backoff_sleep_at_once() {
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(3_000)).await;
+            c2.cancel();
+        });
+        // Attempts at 0 and 2 s fail; the 4 s sleep after the second is cut at 3 s.
+        let r: Result<(), Stopped<&str>> =
+            retry_until(5, &cancel, || async { Err("down") }, |_| true, |_, _, _| {}).await;
+        assert!(matches!(r, Err(Stopped::Cancelled(1))), "{r:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(3_000));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cancelling_stops_an_attempt_in_flight() {
+        let cancel = CancellationToken::new();
+        let c2 = cancel.clone();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            c2.cancel();
+        });
+        // An attempt that would hang for a minute (a frozen link).
+        let r: Result<(), Stopped<&str>> = retry_until(
+            5,
+            &cancel,
+            || async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Err("timeout")
+            },
+            |_| true,
+            |_, _, _| {},
+        )
+        .await;
+        assert!(matches!(r, Err(Stopped::Cancelled(0))), "{r:?}");
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
     }
 }

@@ -4,56 +4,14 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::daemon::{sigterm, spawn_daemon, wait_for};
 use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 
 async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
     Ok(c.query_one(sql, &[]).await?.get(0))
-}
-
-/// Polls `f` every 200 ms until it is true or `secs` pass.
-async fn wait_for<F, Fut>(secs: u64, mut f: F) -> anyhow::Result<bool>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await.unwrap_or(false) {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(false)
-}
-
-/// Starts `metersync run` with `env`, stderr to a fresh test log; keep the
-/// returned working directory alive as long as the child.
-fn spawn_daemon(
-    env: &std::collections::HashMap<String, String>,
-    log_name: &str,
-) -> anyhow::Result<(tokio::process::Child, std::path::PathBuf, tempfile::TempDir)> {
-    let wd = workdir();
-    let (log, log_path) = log_file(log_name)?;
-    let child = metersync_cmd(env, wd.path())
-        .arg("run")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()?;
-    Ok((child, log_path, wd))
-}
-
-fn sigterm(child: &tokio::process::Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGTERM);
-        }
-    }
 }
 
 #[tokio::test]

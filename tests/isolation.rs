@@ -756,7 +756,7 @@ async fn a_frozen_link_fails_the_download_by_the_client_deadline() -> Result<()>
         &[],
     )
     .await?;
-    let proxy = freeze::FreezingProxy::start(w.remote.port, b"statement_timeout").await?;
+    let proxy = freeze_trigger::FreezingProxy::start(w.remote.port, b"statement_timeout").await?;
     let mut env = w.env.clone();
     env.extend(env_for("CLIENT", proxy.port));
     let started = std::time::Instant::now();

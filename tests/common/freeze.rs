@@ -1,88 +1,82 @@
-//! A TCP proxy that freezes a link the way a hung WAN path does: once the
-//! client sends a chosen byte string, nothing more is forwarded either way,
-//! yet no connection is closed or reset. Only a deadline gets a client out.
-
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+//! A TCP proxy on 127.0.0.1 whose link can be frozen: bytes stop moving in
+//! both directions but no connection is closed or reset, as when a route
+//! dies (packets dropped). New connections are accepted and held unanswered
+//! while frozen.
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
-/// The proxy; dropped, it stops accepting (frozen connections stay open
-/// until the test ends).
-pub struct FreezingProxy {
+/// The proxy; dropped, it closes everything.
+pub struct FreezableLink {
     /// The port clients connect to.
     pub port: u16,
-    frozen: Arc<AtomicBool>,
+    frozen: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl FreezingProxy {
-    /// Forwards 127.0.0.1:`port` to 127.0.0.1:`target` until a client sends
-    /// `trigger` (within one read), then freezes every connection.
-    pub async fn start(target: u16, trigger: &'static [u8]) -> anyhow::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let frozen = Arc::new(AtomicBool::new(false));
-        let f = frozen.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((inbound, _)) = listener.accept().await {
-                let f = f.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                        return;
-                    };
-                    let (mut ci, mut co) = inbound.into_split();
-                    let (mut si, mut so) = outbound.into_split();
-                    let f2 = f.clone();
-                    let up = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match ci.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if buf[..n].windows(trigger.len()).any(|w| w == trigger) {
-                                f2.store(true, Ordering::SeqCst);
-                            }
-                            if f2.load(Ordering::SeqCst) {
-                                // Hold the socket open, forward nothing.
-                                std::future::pending::<()>().await;
-                            }
-                            if so.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    let down = async move {
-                        let mut buf = vec![0u8; 64 * 1024];
-                        loop {
-                            let n = match si.read(&mut buf).await {
-                                Ok(0) | Err(_) => return,
-                                Ok(n) => n,
-                            };
-                            if f.load(Ordering::SeqCst) {
-                                std::future::pending::<()>().await;
-                            }
-                            if co.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
-                    };
-                    tokio::join!(up, down);
-                });
-            }
-        });
-        Ok(FreezingProxy { port, frozen, task })
-    }
+async fn wait_thawed(rx: &mut watch::Receiver<bool>) -> bool {
+    rx.wait_for(|f| !*f).await.is_ok()
+}
 
-    /// Whether the trigger was seen (the fault hit).
-    pub fn is_frozen(&self) -> bool {
-        self.frozen.load(Ordering::SeqCst)
+/// Copies `r` to `w`, holding whatever it has while frozen.
+async fn pump(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    mut w: tokio::net::tcp::OwnedWriteHalf,
+    mut rx: watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        if !wait_thawed(&mut rx).await {
+            return;
+        }
+        let n = tokio::select! {
+            r = r.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            _ = rx.changed() => continue,
+        };
+        if !wait_thawed(&mut rx).await || w.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
-impl Drop for FreezingProxy {
+impl FreezableLink {
+    /// Forwards 127.0.0.1:`port` to 127.0.0.1:`target`, thawed.
+    pub async fn start(target: u16) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let (frozen, rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                let mut rx = rx.clone();
+                conns.spawn(async move {
+                    // A connection made while frozen hangs until thawed.
+                    if !wait_thawed(&mut rx).await {
+                        return;
+                    }
+                    let Ok(outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                        return;
+                    };
+                    let (ir, iw) = inbound.into_split();
+                    let (or, ow) = outbound.into_split();
+                    tokio::join!(pump(ir, ow, rx.clone()), pump(or, iw, rx));
+                });
+            }
+        });
+        Ok(FreezableLink { port, frozen, task })
+    }
+
+    /// Stops (true) or resumes (false) every byte through the link.
+    pub fn set_frozen(&self, frozen: bool) {
+        self.frozen.send_replace(frozen);
+    }
+}
+
+impl Drop for FreezableLink {
     fn drop(&mut self) {
         self.task.abort();
     }

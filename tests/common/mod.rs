@@ -11,7 +11,9 @@
 
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod freeze;
+pub mod freeze_trigger;
 pub mod proxy;
 pub mod tls;
 

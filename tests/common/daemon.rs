@@ -1,0 +1,80 @@
+//! Running `metersync` as a long-lived process: spawn with a log file,
+//! signal it, wait on conditions.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{log_file, metersync_cmd, workdir};
+
+/// Polls `f` every 200 ms until it is true or `secs` pass; returns whether
+/// it became true.
+pub async fn wait_for<F, Fut>(secs: u64, mut f: F) -> anyhow::Result<bool>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<bool>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f().await.unwrap_or(false) {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(false)
+}
+
+/// Starts `metersync ARGS` with `env`, stderr to a fresh test log; keep the
+/// returned working directory alive as long as the child.
+pub fn spawn_logged(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    log_name: &str,
+) -> anyhow::Result<(tokio::process::Child, PathBuf, tempfile::TempDir)> {
+    let wd = workdir();
+    let (log, log_path) = log_file(log_name)?;
+    let child = metersync_cmd(env, wd.path())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()?;
+    Ok((child, log_path, wd))
+}
+
+/// Starts `metersync run` (see [`spawn_logged`]).
+pub fn spawn_daemon(
+    env: &HashMap<String, String>,
+    log_name: &str,
+) -> anyhow::Result<(tokio::process::Child, PathBuf, tempfile::TempDir)> {
+    spawn_logged(env, &["run"], log_name)
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &tokio::process::Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+}
+
+/// Whether the log at `path` contains `needle` now.
+pub fn log_has(path: &Path, needle: &str) -> bool {
+    std::fs::read_to_string(path)
+        .map(|s| s.contains(needle))
+        .unwrap_or(false)
+}
+
+/// Sends SIGTERM and returns how long the child took to exit and whether it
+/// exited successfully (fails after 30 s).
+pub async fn sigterm_and_time(
+    child: &mut tokio::process::Child,
+) -> anyhow::Result<(Duration, bool)> {
+    sigterm(child);
+    let t = Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
+    Ok((t.elapsed(), status.success()))
+}
