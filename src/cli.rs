@@ -74,6 +74,30 @@ enum Command {
     },
     /// Download tenants and meters, collect, upload: one cycle; prints each step's result as JSON.
     Cycle,
+    /// Readings history of meters from the remote and the local backlog, raw or bucketed; one page as JSON.
+    Readings {
+        /// A meter to read (repeat for several).
+        #[arg(long = "meter-id", required = true)]
+        meter_ids: Vec<i64>,
+        /// A point to read (repeat for several); default: every point.
+        #[arg(long = "point")]
+        points: Vec<String>,
+        /// Start of the range, inclusive: RFC 3339 or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// End of the range, exclusive.
+        #[arg(long)]
+        to: String,
+        /// Aggregate by this interval (15m, 1h, 1d); raw readings when omitted.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Rows per page.
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// The daemon: collect, upload and download on their intervals until SIGTERM/SIGINT.
     Run,
     /// The embedded demo: throwaway clusters and simulated meters on loopback, one full cycle.
@@ -217,6 +241,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !r.ok {
                 anyhow::bail!("the cycle had failing steps (see their errors above)");
             }
+        }
+        Command::Readings {
+            meter_ids,
+            points,
+            from,
+            to,
+            bucket,
+            limit,
+            cursor,
+        } => {
+            let app = load()?;
+            let q = metersync::readings::ReadingsQuery {
+                meter_ids,
+                points,
+                from,
+                to,
+                bucket,
+                limit,
+                cursor,
+            };
+            let page = metersync::readings::query_readings(&app.db, &q)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&page)?;
+            app.db.close();
         }
         Command::Run => {
             let app = load()?;

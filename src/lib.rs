@@ -22,6 +22,7 @@
 //! - [`download`]: remote tenants and meters -> local (`download_*`).
 //! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
 //! - [`meters`]: the local meter list, paged (`list_meters`).
+//! - [`readings`]: readings history from both sides, raw or bucketed (`query_readings`).
 //! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`daemon`]: `metersync run`, the three loops and graceful shutdown.
@@ -42,6 +43,7 @@ pub mod mcp;
 pub mod meters;
 pub mod migrate;
 pub mod progress;
+pub mod readings;
 pub mod retry;
 pub mod runs;
 pub mod status;

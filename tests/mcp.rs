@@ -9,13 +9,14 @@ use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
 
-const ALL_TOOLS: [&str; 10] = [
+const ALL_TOOLS: [&str; 11] = [
     "collect_meters",
     "connection_status",
     "discover_devices",
     "download_meters",
     "download_tenants",
     "list_meters",
+    "query_readings",
     "read_meter",
     "run_sync_cycle",
     "sync_status",
@@ -306,6 +307,7 @@ async fn read_only_mode_serves_only_the_readers() -> anyhow::Result<()> {
                 "connection_status",
                 "discover_devices",
                 "list_meters",
+                "query_readings",
                 "read_meter",
                 "sync_status"
             ],

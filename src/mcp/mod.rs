@@ -15,6 +15,7 @@ mod cycle_tools;
 mod download_tools;
 mod meter_tools;
 pub mod progress;
+mod readings_tools;
 mod status_tools;
 pub mod stdio;
 mod upload_tools;
@@ -44,6 +45,7 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "list_meters",
     "read_meter",
     "discover_devices",
+    "query_readings",
 ];
 
 /// What the server tells an assistant about itself and the order of work.
@@ -85,6 +87,7 @@ impl MeterSyncServer {
             + Self::upload_router()
             + Self::collect_router()
             + Self::cycle_router()
+            + Self::readings_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.
@@ -278,6 +281,7 @@ fn explain_arguments(
         "collect_meters" => check::<collect_tools::CollectArgs>(v),
         "read_meter" => check::<collect_tools::ReadMeterArgs>(v),
         "discover_devices" => check::<collect_tools::DiscoverArgs>(v),
+        "query_readings" => check::<readings_tools::QueryReadingsArgs>(v),
         _ => check::<NoArgs>(v),
     }
 }
