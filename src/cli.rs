@@ -74,6 +74,20 @@ enum Command {
     },
     /// Download tenants and meters, collect, upload: one cycle; prints each step's result as JSON.
     Cycle,
+    /// Describe a BACnet device: its objects (paged) and a drafted `points` JSON, as JSON.
+    Describe {
+        /// The device's address, host[:port].
+        address: String,
+        /// Its device instance, if known (skips the Who-Is).
+        #[arg(long)]
+        device_instance: Option<u32>,
+        /// Objects per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// Readings history of meters from the remote and the local backlog, raw or bucketed; one page as JSON.
     Readings {
         /// A meter to read (repeat for several).
@@ -241,6 +255,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !r.ok {
                 anyhow::bail!("the cycle had failing steps (see their errors above)");
             }
+        }
+        Command::Describe {
+            address,
+            device_instance,
+            limit,
+            cursor,
+        } => {
+            let app = load()?;
+            let client = app.bacnet().await?;
+            let d = metersync::bacnet::describe::describe(
+                &client,
+                &address,
+                device_instance,
+                limit,
+                cursor.as_deref(),
+                app.config.bacnet_timeout,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&d)?;
         }
         Command::Readings {
             meter_ids,

@@ -338,3 +338,91 @@ async fn query_readings_matches_sql_on_uploaded_and_backlog_readings() -> anyhow
     mcp.close().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::Result<()> {
+    let (w, _pgb, sim, env) = site(1, 392).await?;
+    let dev = sim.devices()[0].clone();
+    let mcp = Mcp::start(&env, &["--read-only"], "assist-describe").await?;
+    let mut objects = Vec::new();
+    let mut draft = Vec::new();
+    let mut args = json!({"address": dev.addr().to_string(), "limit": 200});
+    let mut pages = 0;
+    loop {
+        let page = mcp.call_ok("describe_device", args.clone()).await?;
+        pages += 1;
+        assert_eq!(page["device_instance"], dev.instance(), "{page}");
+        assert_eq!(page["object_count"], 401, "400 objects and the device");
+        objects.extend(page["objects"].as_array().cloned().unwrap_or_default());
+        draft.extend(page["points_draft"].as_array().cloned().unwrap_or_default());
+        match page["next_cursor"].as_str() {
+            Some(c) => args["cursor"] = json!(c),
+            None => break,
+        }
+        assert!(pages < 10, "runaway paging");
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(objects.len(), 401);
+    assert_eq!(draft.len(), 400);
+    let power = objects
+        .iter()
+        .find(|o| o["object"] == "analog-input:2")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(power["name"], "power");
+    assert_eq!(power["units"], "kW");
+    assert!((f(&power["present_value"]) - 12.5).abs() < 1.0, "{power}");
+    assert_eq!(power["status_flags"]["fault"], false, "{power}");
+    let names: Vec<&str> = draft.iter().filter_map(|p| p["name"].as_str()).collect();
+    for want in [
+        "energy_kwh",
+        "power_kw",
+        "voltage_v",
+        "energy_pulses_kwh",
+        "extra_391_kw",
+    ] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let unique: std::collections::HashSet<&&str> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "names are unique");
+    // A bad cursor and a silent address are clean errors.
+    let r = mcp
+        .call(
+            "describe_device",
+            json!({"address": dev.addr().to_string(), "cursor": "o1.x"}),
+        )
+        .await?;
+    assert_eq!(r.is_error, Some(true));
+    assert!(text_of(&r).contains("cursor"), "{}", text_of(&r));
+    mcp.close().await?;
+
+    // The CLI twin prints the same page.
+    let out = run_cli(
+        &env,
+        &["describe", &dev.addr().to_string(), "--limit", "5"],
+        "assist-describe-cli",
+    )
+    .await?;
+    assert!(out.ok, "{}", out.stderr);
+    let cli: Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(cli["objects"].as_array().map(Vec::len), Some(5));
+    assert_eq!(cli["object_count"], 401);
+
+    // The draft, as is, is a meter definition that downloads and collects.
+    let remote = w.remote.client().await?;
+    remote
+        .execute(
+            "UPDATE meters SET points = $1, updated_at = now() WHERE id = 1",
+            &[&Value::Array(draft.clone())],
+        )
+        .await?;
+    let mcp = Mcp::start(&env, &[], "assist-describe-collect").await?;
+    mcp.call_ok("download_tenants", json!({})).await?;
+    let d = mcp.call_ok("download_meters", json!({})).await?;
+    assert_eq!(d["inserted"], 1, "{d}");
+    let c = mcp.call_ok("collect_meters", json!({})).await?;
+    assert_eq!(c["meters_failed"], 0, "{c}");
+    assert_eq!(c["readings_written"], 400, "{c}");
+    mcp.close().await?;
+    Ok(())
+}

@@ -9,9 +9,10 @@ use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
 
-const ALL_TOOLS: [&str; 11] = [
+const ALL_TOOLS: [&str; 12] = [
     "collect_meters",
     "connection_status",
+    "describe_device",
     "discover_devices",
     "download_meters",
     "download_tenants",
@@ -305,6 +306,7 @@ async fn read_only_mode_serves_only_the_readers() -> anyhow::Result<()> {
             names,
             [
                 "connection_status",
+                "describe_device",
                 "discover_devices",
                 "list_meters",
                 "query_readings",

@@ -28,6 +28,7 @@
 //! - `tags`, `frame`, `services`: the codec (private; [`fuzz_decode`] exposes it to the fuzzer).
 //! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`].
 //! - [`read`]: [`read_meter`] and [`discover_devices`], what the collector and the MCP tools call.
+//! - [`describe`]: a device's objects, paged, and a drafted `points` JSON (`describe_device`).
 //! - [`points`]: the `points` JSON and `address` of a meter.
 //! - [`units`]: engineering units as readable symbols.
 //! - [`sim`]: simulated meters over real UDP, for tests, the benchmark and `metersync demo`.
@@ -38,6 +39,7 @@
 //! not decode or match a pending request is counted and dropped.
 
 pub mod client;
+pub mod describe;
 mod frame;
 pub mod points;
 pub mod read;

@@ -12,6 +12,7 @@
 
 mod collect_tools;
 mod cycle_tools;
+mod device_tools;
 mod download_tools;
 mod meter_tools;
 pub mod progress;
@@ -46,6 +47,7 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "read_meter",
     "discover_devices",
     "query_readings",
+    "describe_device",
 ];
 
 /// What the server tells an assistant about itself and the order of work.
@@ -88,11 +90,13 @@ impl MeterSyncServer {
             + Self::collect_router()
             + Self::cycle_router()
             + Self::readings_router()
+            + Self::device_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.
     pub fn new(app: Arc<App>, read_only: bool) -> Self {
         let mut tool_router = Self::routers();
+        configured_descriptions(&mut tool_router, &app.config);
         if read_only {
             let names: Vec<String> = tool_router
                 .list_all()
@@ -252,6 +256,24 @@ impl ServerHandler for MeterSyncServer {
     }
 }
 
+/// Descriptions whose numbers come from the running configuration (the
+/// BACnet timeout and tries), so what a model reads is what it will get.
+fn configured_descriptions(
+    router: &mut ToolRouter<MeterSyncServer>,
+    config: &crate::config::Config,
+) {
+    let set = |router: &mut ToolRouter<MeterSyncServer>, name: &str, text: String| {
+        if let Some(r) = router.map.get_mut(name) {
+            r.attr.description = Some(text.into());
+        }
+    };
+    set(
+        router,
+        "describe_device",
+        device_tools::describe_description(config),
+    );
+}
+
 /// Names the argument at fault: deserializes `arguments` as the tool's
 /// argument type with the path of the failure (serde's own message does not
 /// say which field).
@@ -282,6 +304,7 @@ fn explain_arguments(
         "read_meter" => check::<collect_tools::ReadMeterArgs>(v),
         "discover_devices" => check::<collect_tools::DiscoverArgs>(v),
         "query_readings" => check::<readings_tools::QueryReadingsArgs>(v),
+        "describe_device" => check::<device_tools::DescribeArgs>(v),
         _ => check::<NoArgs>(v),
     }
 }
