@@ -426,3 +426,188 @@ async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::R
     mcp.close().await?;
     Ok(())
 }
+
+/// The structured content of a call, and its size in bytes.
+async fn page_of(mcp: &Mcp, tool: &str, args: Value) -> anyhow::Result<(Value, usize)> {
+    let v = mcp.call_ok(tool, args).await?;
+    let n = serde_json::to_vec(&v)?.len();
+    Ok((v, n))
+}
+
+#[tokio::test]
+async fn list_meters_filters_on_5000_meters_keep_every_page_under_40_kb() -> anyhow::Result<()> {
+    const KB40: usize = 40 * 1024;
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    // 5,000 meters of 10 tenants with long names and 8 points each; every
+    // 7th failing (1 to 5 failures in a row), every 3rd never collected.
+    local
+        .execute(
+            "INSERT INTO meters (id, site_id, tenant_id, name, device_instance, address, points)
+             SELECT i, 's1', 1 + i % 10, 'Building ' || (i % 37) || ' floor ' || (i % 9) || ' meter ' || i,
+                    100000 + i, '10.0.' || (i / 250) || '.' || (i % 250) || ':47808', $1
+             FROM generate_series(1, 5000) i",
+            &[&standard_points_json()],
+        )
+        .await?;
+    local
+        .execute(
+            "INSERT INTO meter_health (meter_id, last_success_at, last_error, last_error_at, consecutive_failures)
+             SELECT i, now() - interval '1 hour',
+                    CASE WHEN i % 7 = 0 THEN 'no reply from 10.0.0.1:47808 after 3 tries of 3000 ms: check the meter''s power, network and address' END,
+                    CASE WHEN i % 7 = 0 THEN now() END,
+                    CASE WHEN i % 7 = 0 THEN 1 + i % 5 ELSE 0 END
+             FROM generate_series(1, 5000) i WHERE i % 3 <> 0",
+            &[],
+        )
+        .await?;
+    let count = |sql: &'static str| {
+        let local = &local;
+        async move { anyhow::Ok(local.query_one(sql, &[]).await?.try_get::<_, i64>(0)?) }
+    };
+    let mcp = Mcp::start(&w.env, &["--read-only"], "assist-filters").await?;
+
+    // Every page of the whole list, full and compact, at every limit.
+    let mut biggest = 0;
+    for args in [
+        json!({}),
+        json!({"limit": 500}),
+        json!({"limit": 500, "compact": true}),
+    ] {
+        let mut ids = Vec::new();
+        let mut a = args.clone();
+        loop {
+            let (page, n) = page_of(&mcp, "list_meters", a.clone()).await?;
+            assert!(n < KB40, "{args}: a page of {n} bytes");
+            biggest = biggest.max(n);
+            for m in page["meters"].as_array().cloned().unwrap_or_default() {
+                ids.push(m["id"].as_i64().unwrap_or(-1));
+                assert_eq!(m.get("points").is_none(), args["compact"] == true, "{m}");
+                assert_eq!(m["point_count"], 8);
+            }
+            match page["next_cursor"].as_str() {
+                Some(c) => a["cursor"] = json!(c),
+                None => break,
+            }
+        }
+        assert_eq!(ids, (1..=5000).collect::<Vec<i64>>(), "{args}");
+    }
+    eprintln!("largest list_meters page: {biggest} bytes");
+    let (compact, _) = page_of(&mcp, "list_meters", json!({"limit": 500, "compact": true})).await?;
+    let (full, _) = page_of(&mcp, "list_meters", json!({"limit": 500})).await?;
+    let per_page = |p: &Value| p["meters"].as_array().map_or(0, Vec::len);
+    assert!(
+        per_page(&compact) > 2 * per_page(&full),
+        "compact holds more: {} vs {}",
+        per_page(&compact),
+        per_page(&full)
+    );
+
+    // Filters, each against SQL.
+    let all = |args: Value| {
+        let mcp = &mcp;
+        async move {
+            let mut out = Vec::new();
+            let mut a = args;
+            a["compact"] = json!(true);
+            a["limit"] = json!(500);
+            loop {
+                let (page, n) = page_of(mcp, "list_meters", a.clone()).await?;
+                assert!(n < KB40);
+                out.extend(page["meters"].as_array().cloned().unwrap_or_default());
+                match page["next_cursor"].as_str() {
+                    Some(c) => a["cursor"] = json!(c),
+                    None => return anyhow::Ok(out),
+                }
+            }
+        }
+    };
+    let t3 = all(json!({"tenant_id": 3})).await?;
+    assert_eq!(
+        t3.len() as i64,
+        count("SELECT count(*) FROM meters WHERE tenant_id = 3").await?
+    );
+    assert!(t3.iter().all(|m| m["tenant_id"] == 3));
+    let named = all(json!({"name_contains": "FLOOR 4 METER 1"})).await?;
+    assert_eq!(
+        named.len() as i64,
+        count("SELECT count(*) FROM meters WHERE name ILIKE '%floor 4 meter 1%'").await?
+    );
+    assert!(!named.is_empty());
+    let pct = all(json!({"name_contains": "%"})).await?;
+    assert!(pct.is_empty(), "% is a character, not a wildcard");
+    let some = all(json!({"ids": [4999, 1, 77, 123456]})).await?;
+    let ids: Vec<i64> = some.iter().filter_map(|m| m["id"].as_i64()).collect();
+    assert_eq!(ids, [1, 77, 4999]);
+    let failing = all(json!({"health": "failing"})).await?;
+    assert_eq!(
+        failing.len() as i64,
+        count("SELECT count(*) FROM meter_health WHERE consecutive_failures > 0").await?
+    );
+    let ok = all(json!({"health": "ok"})).await?;
+    assert_eq!(
+        ok.len() as i64,
+        count("SELECT count(*) FROM meter_health WHERE consecutive_failures = 0").await?
+    );
+    let never = all(json!({"health": "never", "tenant_id": 2})).await?;
+    assert_eq!(
+        never.len() as i64,
+        count("SELECT count(*) FROM meters m WHERE tenant_id = 2 AND NOT EXISTS (SELECT 1 FROM meter_health h WHERE h.meter_id = m.id)").await?
+    );
+    for bad in [
+        json!({"health": "sick"}),
+        json!({"limit": 0}),
+        json!({"limit": -1}),
+        json!({"cursor": "after:x"}),
+        json!({"ids": (0..2000).collect::<Vec<i64>>()}),
+        json!({"tenant": 1}),
+    ] {
+        let r = mcp.call("list_meters", bad.clone()).await?;
+        assert_eq!(r.is_error, Some(true), "{bad}");
+    }
+
+    // sync_status pages the failing meters, worst first, none twice.
+    let mut seen = Vec::new();
+    let mut a = json!({"failing_limit": 100});
+    loop {
+        let (s, n) = page_of(&mcp, "sync_status", a.clone()).await?;
+        assert!(n < KB40, "{n}");
+        let page = s["health"]["failing_meters"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        seen.extend(page.iter().map(|f| {
+            (
+                -f["consecutive_failures"].as_i64().unwrap_or(0),
+                f["meter_id"].as_i64().unwrap_or(0),
+            )
+        }));
+        match s["health"]["failing_next_cursor"].as_str() {
+            Some(c) => a["failing_cursor"] = json!(c),
+            None => {
+                assert_eq!(s["health"]["failing_meters_omitted"], 0);
+                break;
+            }
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "worst first, none twice");
+    assert_eq!(seen.len() as i64, failing.len() as i64);
+    let first = mcp.call_ok("sync_status", json!({})).await?;
+    assert_eq!(
+        first["health"]["failing_meters"].as_array().map(Vec::len),
+        Some(20)
+    );
+    assert_eq!(
+        first["health"]["failing_meters_omitted"],
+        failing.len() as i64 - 20
+    );
+    let r = mcp
+        .call("sync_status", json!({"failing_cursor": "zzz"}))
+        .await?;
+    assert_eq!(r.is_error, Some(true));
+    mcp.close().await?;
+    Ok(())
+}

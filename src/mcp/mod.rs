@@ -305,6 +305,7 @@ fn explain_arguments(
         "discover_devices" => check::<collect_tools::DiscoverArgs>(v),
         "query_readings" => check::<readings_tools::QueryReadingsArgs>(v),
         "describe_device" => check::<device_tools::DescribeArgs>(v),
+        "sync_status" => check::<status_tools::SyncStatusArgs>(v),
         _ => check::<NoArgs>(v),
     }
 }
