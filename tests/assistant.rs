@@ -611,3 +611,199 @@ async fn list_meters_filters_on_5000_meters_keep_every_page_under_40_kb() -> any
     mcp.close().await?;
     Ok(())
 }
+
+/// An MCP client that records the log notifications it receives.
+#[derive(Clone, Default)]
+struct LogRecorder {
+    #[allow(deprecated)]
+    logs: std::sync::Arc<std::sync::Mutex<Vec<rmcp::model::LoggingMessageNotificationParam>>>,
+}
+
+#[allow(deprecated)]
+impl rmcp::ClientHandler for LogRecorder {
+    async fn on_logging_message(
+        &self,
+        params: rmcp::model::LoggingMessageNotificationParam,
+        _context: rmcp::service::NotificationContext<rmcp::RoleClient>,
+    ) {
+        if let Ok(mut g) = self.logs.lock() {
+            g.push(params);
+        }
+    }
+}
+
+#[tokio::test]
+#[allow(deprecated)]
+async fn descriptions_prompts_and_log_notifications_tell_the_truth() -> anyhow::Result<()> {
+    use rmcp::model::{GetPromptRequestParams, LoggingLevel, SetLevelRequestParams};
+    use rmcp::ServiceExt;
+    let w = World::start().await?;
+    let mut env = w.env.clone();
+    env.insert("SITE_ID".into(), "site-42".into());
+    env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
+    env.insert("BACNET_TIMEOUT_MS".into(), "700".into());
+    env.insert("BACNET_RETRIES".into(), "2".into());
+    let wd = workdir();
+    let cmd = metersync_cmd(&env, wd.path());
+    let (log, _) = log_file("assist-truth")?;
+    let (transport, _) = rmcp::transport::TokioChildProcess::builder(cmd)
+        .stderr(std::process::Stdio::from(log))
+        .spawn()?;
+    let rec = LogRecorder::default();
+    let client = rec.clone().serve(transport).await?;
+
+    // Descriptions and schemas: real numbers, no unresolved doc links, no garble.
+    let tools = client.list_all_tools().await?;
+    let text_of_tool = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| serde_json::to_string(t).unwrap_or_default())
+            .unwrap_or_default()
+    };
+    for t in &tools {
+        let all = serde_json::to_string(t)?;
+        assert!(
+            !all.contains("[`"),
+            "{}: an unresolved doc link: {all}",
+            t.name
+        );
+        assert!(!all.contains("did not (timeout"), "{}: garbled", t.name);
+    }
+    let collect = text_of_tool("collect_meters");
+    assert!(
+        collect.contains("700 ms x 3 tries = 2100 ms"),
+        "a dead meter's real cost: {collect}"
+    );
+    assert!(collect.contains("could not be read"), "{collect}");
+    assert!(text_of_tool("download_meters").contains("at most 50"));
+    assert!(text_of_tool("collect_meters").contains("at most 50"));
+    assert!(text_of_tool("discover_devices").contains("at most 100"));
+    assert!(text_of_tool("describe_device").contains("700 ms x 3 tries"));
+    assert!(text_of_tool("sync_status").contains("at most 500"));
+    assert!(text_of_tool("query_readings")
+        .contains(&format!("{} bytes", metersync::readings::MAX_RESULT_BYTES)));
+
+    // Prompts: the two jobs, naming only tools that exist.
+    let prompts = client.list_all_prompts().await?;
+    let mut names: Vec<String> = prompts.iter().map(|p| p.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["diagnose_site", "onboard_meter"]);
+    let mut args = serde_json::Map::new();
+    args.insert("address".into(), json!("127.0.0.9:47808"));
+    let onboard = client
+        .get_prompt(GetPromptRequestParams::new("onboard_meter").with_arguments(args))
+        .await?;
+    let diagnose = client
+        .get_prompt(GetPromptRequestParams::new("diagnose_site"))
+        .await?;
+    let body = |r: &rmcp::model::GetPromptResult| {
+        r.messages
+            .iter()
+            .filter_map(|m| m.content.as_text().map(|t| t.text.clone()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (onboard, diagnose) = (body(&onboard), body(&diagnose));
+    assert!(
+        onboard.contains("127.0.0.9:47808") && onboard.contains("site-42"),
+        "{onboard}"
+    );
+    let order = |text: &str, steps: &[&str]| {
+        let pos: Vec<usize> = steps
+            .iter()
+            .map(|s| text.find(s).unwrap_or(usize::MAX))
+            .collect();
+        assert!(
+            pos.windows(2).all(|w| w[0] < w[1] && w[1] != usize::MAX),
+            "{steps:?} in order: {text}"
+        );
+    };
+    order(
+        &onboard,
+        &[
+            "discover_devices",
+            "describe_device",
+            "points_draft",
+            "meters table",
+            "download_meters",
+        ],
+    );
+    order(
+        &diagnose,
+        &[
+            "connection_status",
+            "sync_status",
+            "list_meters",
+            "read_meter",
+            "query_readings",
+        ],
+    );
+    let tool_names: Vec<String> = tools.iter().map(|t| t.name.to_string()).collect();
+    for text in [&onboard, &diagnose] {
+        // Every call written as `tool {arguments}` names a real tool.
+        let calls: Vec<&str> = text
+            .split(" {")
+            .filter_map(|before| before.rsplit(|c: char| c.is_whitespace()).next())
+            .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            .collect();
+        assert!(calls.len() >= 4, "{calls:?}");
+        for c in calls {
+            assert!(
+                tool_names.iter().any(|t| t == c),
+                "prompt calls a tool that does not exist: {c}"
+            );
+        }
+    }
+    assert!(
+        client
+            .get_prompt(GetPromptRequestParams::new("onboard_meter"))
+            .await
+            .is_err(),
+        "address is required"
+    );
+
+    // Log notifications: after setLevel debug, a DEBUG line arrives.
+    client
+        .set_level(SetLevelRequestParams::new(LoggingLevel::Debug))
+        .await?;
+    let mut p = rmcp::model::CallToolRequestParams::new("download_meters");
+    p = p.with_arguments(
+        json!({"dry_run": true})
+            .as_object()
+            .cloned()
+            .unwrap_or_default(),
+    );
+    client.call_tool(p).await?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let got = rec
+            .logs
+            .lock()
+            .map(|g| {
+                g.iter().any(|m| {
+                    m.level == LoggingLevel::Debug
+                        && m.logger
+                            .as_deref()
+                            .is_some_and(|l| l.starts_with("metersync"))
+                })
+            })
+            .unwrap_or(false);
+        if got {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DEBUG notification after setLevel debug"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let all = rec.logs.lock().map(|g| g.clone()).unwrap_or_default();
+    let text = serde_json::to_string(&all)?;
+    assert!(
+        !text.contains(TEST_PASSWORD),
+        "no password in log notifications"
+    );
+    let _ = client.cancel().await;
+    Ok(())
+}

@@ -424,11 +424,7 @@ impl UdpClient {
         })?;
         if let Err(source) = self.shared.socket.send_to(&datagram, target).await {
             rx.close();
-            return Err(BacnetError::Send {
-                addr: target,
-                device: 0,
-                source,
-            });
+            return Err(BacnetError::WhoIsSend { target, source });
         }
         let mut found: Vec<IAm> = Vec::new();
         let deadline = tokio::time::sleep(wait);

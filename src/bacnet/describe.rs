@@ -406,6 +406,20 @@ mod tests {
     }
 
     #[test]
+    fn a_who_is_that_cannot_be_sent_names_no_device() {
+        let e = BacnetError::WhoIsSend {
+            target: std::net::SocketAddr::from(([192, 168, 1, 255], 47808)),
+            source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cannot send Who-Is to 192.168.1.255:47808"),
+            "{text}"
+        );
+        assert!(!text.contains("device"), "{text}");
+    }
+
+    #[test]
     fn cursors() {
         assert_eq!(decode_cursor("o1.7.51").ok(), Some((7, 51)));
         for c in ["", "o1.7", "o1.7.0", "o1.x.5", "o2.7.5", "o1.7.5.1"] {

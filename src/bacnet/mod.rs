@@ -158,6 +158,15 @@ pub enum BacnetError {
         #[source]
         source: std::io::Error,
     },
+    /// A Who-Is could not be sent (no device is addressed yet).
+    #[error("cannot send Who-Is to {target}: {source}")]
+    WhoIsSend {
+        /// Where the Who-Is went.
+        target: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// No answer within the timeout, on every try.
     #[error("no reply from {addr} (device {device}) after {tries} tries of {timeout_ms} ms: check the meter's power, network and address")]
     Timeout {
@@ -210,7 +219,10 @@ impl BacnetError {
     /// Whether the same request may succeed later (a device that did not answer
     /// or a send that failed); a reject, abort or malformed reply will repeat.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BacnetError::Timeout { .. } | BacnetError::Send { .. })
+        matches!(
+            self,
+            BacnetError::Timeout { .. } | BacnetError::Send { .. } | BacnetError::WhoIsSend { .. }
+        )
     }
 }
 

@@ -14,8 +14,10 @@ mod collect_tools;
 mod cycle_tools;
 mod device_tools;
 mod download_tools;
+pub mod log_forward;
 mod meter_tools;
 pub mod progress;
+mod prompts;
 mod readings_tools;
 mod status_tools;
 pub mod stdio;
@@ -26,9 +28,10 @@ use std::sync::Arc;
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    Implementation, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
+    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
+    ServerConfig, Tool,
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -131,6 +134,7 @@ impl ServerHandler for MeterSyncServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_prompts()
                 .enable_logging()
                 .build(),
         )
@@ -194,6 +198,23 @@ impl ServerHandler for MeterSyncServer {
         Ok(ListToolsResult::with_all_items(self.tool_router.list_all()))
     }
 
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(prompts::list()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        prompts::get(&request.name, &args, &self.app.config).map(GetPromptResponse::Complete)
+    }
+
     fn get_tool(&self, name: &str) -> Option<Tool> {
         self.tool_router.get(name).cloned()
     }
@@ -242,7 +263,7 @@ impl ServerHandler for MeterSyncServer {
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let level = match request.level {
             LoggingLevel::Debug => "debug",
@@ -251,6 +272,7 @@ impl ServerHandler for MeterSyncServer {
             _ => "error",
         };
         crate::logging::set_level(level);
+        log_forward::set_peer_level(context.peer.clone(), request.level);
         tracing::info!(level, "log level changed by the MCP client");
         Ok(())
     }
@@ -272,6 +294,9 @@ fn configured_descriptions(
         "describe_device",
         device_tools::describe_description(config),
     );
+    for (name, text) in collect_tools::configured(config) {
+        set(router, name, text);
+    }
 }
 
 /// Names the argument at fault: deserializes `arguments` as the tool's
