@@ -807,3 +807,142 @@ async fn descriptions_prompts_and_log_notifications_tell_the_truth() -> anyhow::
     let _ = client.cancel().await;
     Ok(())
 }
+
+/// A client that declares the MCP tasks extension.
+#[derive(Clone, Default)]
+struct TaskClient;
+
+impl rmcp::ClientHandler for TaskClient {
+    fn get_info(&self) -> rmcp::model::ClientInfo {
+        rmcp::model::ClientInfo::new(
+            rmcp::model::ClientCapabilities::builder()
+                .enable_tasks()
+                .build(),
+            rmcp::model::Implementation::new("assistant-test", "0"),
+        )
+    }
+}
+
+/// Polls `tasks/get` until `done` accepts the state (60 s at most).
+async fn poll_task(
+    client: &rmcp::service::RunningService<rmcp::RoleClient, TaskClient>,
+    id: &str,
+    done: impl Fn(&rmcp::model::Task) -> bool,
+) -> anyhow::Result<rmcp::model::GetTaskResult> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let t = client.get_task(rmcp::model::GetTaskParams::new(id)).await?;
+        if done(&t.task.task) {
+            return Ok(t);
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "task {id} never reached the state: {:?}",
+            t.task.task
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_task_upload_returns_at_once_reports_progress_cancels_and_keeps_its_result(
+) -> anyhow::Result<()> {
+    use rmcp::model::{CallToolRequestParams, CallToolResponse, TaskStatus};
+    use rmcp::ServiceExt;
+    const ROWS: i64 = 200_000;
+    let w = World::start().await?;
+    let pgb = PgBouncer::start(&w.remote)?;
+    let mut env = w.env.clone();
+    env.extend(pgb.env("CLIENT"));
+    let local = w.local.client().await?;
+    let remote = w.remote.client().await?;
+    local
+        .execute(
+            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+             SELECT 1 + i % 50, 'energy_kwh', '2026-01-01'::timestamptz + (i / 50) * interval '1 min', i, 'kWh'
+             FROM generate_series(0, $1::bigint - 1) i",
+            &[&ROWS],
+        )
+        .await?;
+    let counts = || async {
+        let l: i64 = local
+            .query_one("SELECT count(*) FROM meter_readings", &[])
+            .await?
+            .try_get(0)?;
+        let r: i64 = remote
+            .query_one("SELECT count(*) FROM meter_readings", &[])
+            .await?
+            .try_get(0)?;
+        anyhow::Ok((l, r))
+    };
+
+    let wd = workdir();
+    let (log, _) = log_file("assist-tasks")?;
+    let (transport, _) =
+        rmcp::transport::TokioChildProcess::builder(metersync_cmd(&env, wd.path()))
+            .stderr(std::process::Stdio::from(log))
+            .spawn()?;
+    let client = TaskClient.serve(transport).await?;
+    let call = |batch: i64| {
+        CallToolRequestParams::new("upload_readings").with_arguments(
+            json!({"batch_size": batch})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        )
+    };
+
+    // The call returns a task at once, while the upload is still working.
+    let task = match client.call_tool_once(call(500)).await? {
+        CallToolResponse::Task(t) => t.task,
+        other => anyhow::bail!("expected a task, got {other:?}"),
+    };
+    assert_eq!(task.status, TaskStatus::Working);
+    // Progress shows in the status message; then cancel mid-work.
+    let seen = poll_task(&client, &task.task_id, |t| {
+        t.status_message
+            .as_deref()
+            .is_some_and(|m| m.contains('/') && !m.contains("(0/"))
+    })
+    .await?;
+    assert_eq!(seen.task.task.status, TaskStatus::Working, "{seen:?}");
+    client
+        .cancel_task(rmcp::model::CancelTaskParams::new(task.task_id.clone()))
+        .await?;
+    let end = poll_task(&client, &task.task_id, |t| t.status != TaskStatus::Working).await?;
+    assert_eq!(end.task.task.status, TaskStatus::Cancelled, "{end:?}");
+    let (l, r) = counts().await?;
+    assert!(
+        r > 0 && r < ROWS,
+        "cancelled mid-work: {r} of {ROWS} uploaded"
+    );
+    assert_eq!(l + r, ROWS, "nothing lost, nothing doubled");
+
+    // A client that stops waiting still gets the result: start a task, do
+    // not wait on the call, and read the result later by polling.
+    let task = match client.call_tool_once(call(10_000)).await? {
+        CallToolResponse::Task(t) => t.task,
+        other => anyhow::bail!("expected a task, got {other:?}"),
+    };
+    let done = poll_task(&client, &task.task_id, |t| t.status != TaskStatus::Working).await?;
+    assert_eq!(done.task.task.status, TaskStatus::Completed, "{done:?}");
+    let rmcp::model::TaskPayload::Completed { result } = &done.task.payload else {
+        anyhow::bail!("no result: {done:?}");
+    };
+    let report = &result["structuredContent"];
+    assert_eq!(report["uploaded"], l, "{report}");
+    assert_eq!(counts().await?, (0, ROWS));
+    // Unknown tasks are clean errors.
+    assert!(client
+        .get_task(rmcp::model::GetTaskParams::new("no-such-task"))
+        .await
+        .is_err());
+    let _ = client.cancel().await;
+
+    // A client without the extension gets the plain result, as before.
+    let mcp = Mcp::start(&env, &[], "assist-no-tasks").await?;
+    let plain = mcp.call_ok("upload_readings", json!({})).await?;
+    assert_eq!(plain["uploaded"], 0, "{plain}");
+    mcp.close().await?;
+    Ok(())
+}

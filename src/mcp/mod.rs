@@ -21,17 +21,18 @@ mod prompts;
 mod readings_tools;
 mod status_tools;
 pub mod stdio;
+pub mod tasks;
 mod upload_tools;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    GetPromptRequestParams, GetPromptResponse, Implementation, ListPromptsResult,
-    ListResourcesResult, ListToolsResult, PaginatedRequestParams, ReadResourceRequestParams,
-    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ServerCapabilities,
-    ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    ErrorCode, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult,
+    Implementation, ListPromptsResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool, UpdateTaskParams,
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -80,6 +81,8 @@ pub struct MeterSyncServer {
     app: Arc<App>,
     read_only: bool,
     tool_router: ToolRouter<Self>,
+    /// Tasks of the clients that opt in (see [`tasks`]).
+    tasks: rmcp::task_manager::TaskManager,
 }
 
 impl MeterSyncServer {
@@ -115,6 +118,7 @@ impl MeterSyncServer {
             app,
             read_only,
             tool_router,
+            tasks: rmcp::task_manager::TaskManager::new(),
         }
     }
 }
@@ -135,6 +139,7 @@ impl ServerHandler for MeterSyncServer {
                 .enable_tools()
                 .enable_resources()
                 .enable_prompts()
+                .enable_tasks()
                 .enable_logging()
                 .build(),
         )
@@ -158,6 +163,15 @@ impl ServerHandler for MeterSyncServer {
             .into());
         }
         let arguments = request.arguments.clone().unwrap_or_default();
+        if tasks::wanted(&name, &context) {
+            if let Some(detail) = explain_arguments(&name, &arguments) {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid arguments for {name}: {detail}"
+                ))])
+                .into());
+            }
+            return Ok(CallToolResponse::Task(tasks::spawn(self, request, context)));
+        }
         let tcc = ToolCallContext::new(self, request, context);
         match self.tool_router.call(tcc).await {
             // Bad arguments are the caller's to fix: answer with a tool error
@@ -196,6 +210,33 @@ impl ServerHandler for MeterSyncServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         Ok(ListToolsResult::with_all_items(self.tool_router.list_all()))
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
     }
 
     async fn list_prompts(
@@ -356,12 +397,14 @@ pub async fn serve_stdio(app: Arc<App>, read_only: bool) -> Result<(), ServeErro
     use rmcp::ServiceExt;
     let out = stdio::protocol_stdout()?;
     let server = MeterSyncServer::new(app.clone(), read_only);
+    let tasks = server.tasks.clone();
     tracing::info!(read_only, "serving MCP over stdio");
     let service = server
         .serve((tokio::io::stdin(), out))
         .await
         .map_err(|e| ServeError::Init(e.to_string()))?;
     let result = service.waiting().await;
+    tasks.shutdown();
     app.db.close();
     result
         .map(|_| ())
