@@ -813,8 +813,8 @@ async fn descriptions_prompts_and_log_notifications_tell_the_truth() -> anyhow::
 struct TaskClient;
 
 impl rmcp::ClientHandler for TaskClient {
-    fn get_info(&self) -> rmcp::model::ClientInfo {
-        rmcp::model::ClientInfo::new(
+    fn get_info(&self) -> rmcp::model::ClientConfig {
+        rmcp::model::ClientConfig::new(
             rmcp::model::ClientCapabilities::builder()
                 .enable_tasks()
                 .build(),
