@@ -336,6 +336,34 @@ async fn query_readings_matches_sql_on_uploaded_and_backlog_readings() -> anyhow
     assert_eq!(rows.len(), 16, "the whole backlog: {page}");
     assert!(rows.iter().all(|r| r["uploaded"] == false));
     mcp.close().await?;
+
+    // With the remote configured but down: the backlog, within the deadline.
+    w.remote.stop()?;
+    let mcp = Mcp::start(&env, &["--read-only"], "assist-readings-down").await?;
+    let t = std::time::Instant::now();
+    let page = mcp
+        .call_ok(
+            "query_readings",
+            json!({"meter_ids": [1, 2], "from": from, "to": to}),
+        )
+        .await?;
+    let waited = t.elapsed();
+    let why = page["sources"]["remote"].as_str().unwrap_or("ok");
+    assert!(
+        why != "ok" && why.contains("only the local backlog"),
+        "{page}"
+    );
+    assert_eq!(
+        page["readings"].as_array().map(Vec::len),
+        Some(16),
+        "{page}"
+    );
+    assert!(
+        waited.as_millis() < u128::from(metersync::readings::REMOTE_DEADLINE_MS) + 10_000,
+        "answered in {waited:?}"
+    );
+    eprintln!("remote down: answered in {waited:?}: {why}");
+    mcp.close().await?;
     Ok(())
 }
 
