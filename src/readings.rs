@@ -512,7 +512,8 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Runs `f` in a read-only transaction with the statement timeout set.
+/// Reads this page's rows from one side, in a read-only transaction with
+/// the statement timeout set (unnamed statements only: pooler-safe).
 async fn in_read_only_tx(
     db: &Databases,
     side: Side,

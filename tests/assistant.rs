@@ -422,6 +422,22 @@ async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::R
         .await?;
     assert_eq!(r.is_error, Some(true));
     assert!(text_of(&r).contains("cursor"), "{}", text_of(&r));
+    let addr = dev.addr().to_string();
+    for bad in [
+        json!({"address": addr, "limit": 0}),
+        json!({"address": addr, "limit": 100_000}),
+        json!({"address": addr, "limit": -1}),
+        json!({"address": "not an address"}),
+        json!({"address": addr, "device_instance": 4_194_304u32}),
+        json!({"address": addr, "cursor": format!("o1.{}.0", dev.instance())}),
+        json!({"address": addr, "cursor": "o1.77.5", "device_instance": dev.instance()}),
+        json!({"address": addr, "objects": "all"}),
+        json!({}),
+    ] {
+        let r = mcp.call("describe_device", bad.clone()).await?;
+        assert_eq!(r.is_error, Some(true), "{bad}: {}", text_of(&r));
+        assert!(text_of(&r).starts_with("invalid"), "{bad}: {}", text_of(&r));
+    }
     mcp.close().await?;
 
     // The CLI twin prints the same page.
@@ -960,6 +976,22 @@ async fn a_task_upload_returns_at_once_reports_progress_cancels_and_keeps_its_re
     let report = &result["structuredContent"];
     assert_eq!(report["uploaded"], l, "{report}");
     assert_eq!(counts().await?, (0, ROWS));
+    // The other long tools run as tasks too.
+    for tool in ["run_sync_cycle", "collect_meters"] {
+        let t = match client
+            .call_tool_once(CallToolRequestParams::new(tool))
+            .await?
+        {
+            CallToolResponse::Task(t) => t.task,
+            other => anyhow::bail!("{tool}: expected a task, got {other:?}"),
+        };
+        let done = poll_task(&client, &t.task_id, |t| t.status != TaskStatus::Working).await?;
+        assert_eq!(
+            done.task.task.status,
+            TaskStatus::Completed,
+            "{tool}: {done:?}"
+        );
+    }
     // Unknown tasks are clean errors.
     assert!(client
         .get_task(rmcp::model::GetTaskParams::new("no-such-task"))

@@ -63,7 +63,11 @@ failing meters). The normal order of work is: download_tenants, download_meters 
 from the central database), collect_meters (read the meters), upload_readings (send the backlog); \
 run_sync_cycle does all four in that order. Use dry_run to preview downloads and collections. \
 read_meter and discover_devices talk to meters live and store nothing. Readings are billing data: \
-uploads are exactly-once, so re-running an upload is always safe.";
+uploads are exactly-once, so re-running an upload is always safe. query_readings answers what a meter \
+recorded or used over a time range (raw or per interval); describe_device lists a device's objects and drafts \
+its points JSON; list_meters filters by tenant, name, ids and health. The prompts diagnose_site and \
+onboard_meter give the order of calls for those two jobs. Clients with the tasks extension get \
+upload_readings, collect_meters and run_sync_cycle as tasks.";
 
 /// The resource holding the configuration (passwords redacted).
 pub const CONFIG_URI: &str = "metersync://config";
