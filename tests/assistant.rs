@@ -438,6 +438,30 @@ async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::R
         assert_eq!(r.is_error, Some(true), "{bad}: {}", text_of(&r));
         assert!(text_of(&r).starts_with("invalid"), "{bad}: {}", text_of(&r));
     }
+    // A small device's list is read whole: one page, every object.
+    let small = Simulator::start(vec![SimDeviceConfig::new(
+        7777,
+        "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+    )])
+    .await?;
+    let small_dev = small.devices()[0].clone();
+    let before = small_dev.requests();
+    let page = mcp
+        .call_ok(
+            "describe_device",
+            json!({"address": small_dev.addr().to_string(), "device_instance": 7777}),
+        )
+        .await?;
+    assert_eq!(page["object_count"], 9, "{page}");
+    assert_eq!(page["objects"].as_array().map(Vec::len), Some(9));
+    assert_eq!(page["points_draft"].as_array().map(Vec::len), Some(8));
+    assert_eq!(page["next_cursor"], Value::Null);
+    let requests = small_dev.requests() - before;
+    assert!(
+        requests <= 4,
+        "length, whole list, one or two RPMs: {requests} requests"
+    );
+
     mcp.close().await?;
 
     // The CLI twin prints the same page.

@@ -3,9 +3,10 @@
 //! JSON draft that `download_meters` accepts.
 //!
 //! How it reads: the device's instance comes from a unicast Who-Is (unless
-//! given); the Object_List is read by array index (index 0 for its length,
-//! then one element per object of the page) so a device with hundreds of
-//! objects never needs a segmented reply; the objects' properties are read
+//! given); the Object_List's length is read by array index 0; a list that
+//! fits the page is then asked for whole, and otherwise (or when the device
+//! cannot send it unsegmented) read one element per object of the page, so
+//! a device with hundreds of objects never needs a segmented reply; the objects' properties are read
 //! with ReadPropertyMultiple through [`BacnetClient::read_properties`]
 //! (split or replaced by ReadProperty as the device requires).
 //!
@@ -261,8 +262,29 @@ pub async fn describe(
         Err(e) => return Err(list_error(e.to_string())),
     };
     let end = start.saturating_add(limit).min(count.saturating_add(1));
+    // A list that fits the page is asked for whole first (one request; a
+    // device whose reply would be too long answers with an error, and the
+    // entries are then read one by one).
     let mut ids = Vec::new();
-    for i in start..end {
+    if start == 1 && end > count {
+        if let Some(Ok(v)) = client.read_properties(device, &[list_ref]).await?.pop() {
+            let whole: Vec<ObjectId> = match v {
+                Value::ObjectId(id) => vec![id],
+                Value::List(items) => items
+                    .into_iter()
+                    .filter_map(|i| match i {
+                        Value::ObjectId(id) => Some(id),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            if whole.len() == count as usize {
+                ids = whole;
+            }
+        }
+    }
+    for i in (start..end).skip(ids.len()) {
         match client.read_array_element(device, list_ref, i).await? {
             Ok(Value::ObjectId(id)) => ids.push(id),
             Ok(other) => return Err(list_error(format!("entry {i} is not an object: {other:?}"))),
