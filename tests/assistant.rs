@@ -748,6 +748,7 @@ async fn descriptions_prompts_and_log_notifications_tell_the_truth() -> anyhow::
     assert!(text_of_tool("collect_meters").contains("at most 50"));
     assert!(text_of_tool("discover_devices").contains("at most 100"));
     assert!(text_of_tool("describe_device").contains("700 ms x 3 tries"));
+    assert!(text_of_tool("read_meter").contains("700 ms x 3 tries = 2100 ms"));
     assert!(text_of_tool("sync_status").contains("at most 500"));
     assert!(text_of_tool("query_readings")
         .contains(&format!("{} bytes", metersync::readings::MAX_RESULT_BYTES)));

@@ -78,17 +78,24 @@ to see its objects and draft its points. Stores nothing."
     )
 }
 
+/// `read_meter`'s description with the running BACnet timing.
+fn read_meter_description(timeout_ms: u128, tries: u32) -> String {
+    format!(
+        "Read one meter live over BACnet/IP and return each configured point's value, unit or error. \
+A meter that does not answer costs {timeout_ms} ms x {tries} tries = {} ms (BACNET_TIMEOUT_MS x (1 + BACNET_RETRIES)). Stores nothing.",
+        timeout_ms.saturating_mul(u128::from(tries))
+    )
+}
+
 /// The descriptions that depend on the configuration.
-pub(super) fn configured(config: &crate::config::Config) -> [(&'static str, String); 2] {
+pub(super) fn configured(config: &crate::config::Config) -> [(&'static str, String); 3] {
     let timeout_ms = config.bacnet_timeout.as_millis();
+    let tries = config.bacnet_retries.saturating_add(1);
     [
+        ("read_meter", read_meter_description(timeout_ms, tries)),
         (
             "collect_meters",
-            collect_description(
-                timeout_ms,
-                config.bacnet_retries.saturating_add(1),
-                config.collect_concurrency,
-            ),
+            collect_description(timeout_ms, tries, config.collect_concurrency),
         ),
         ("discover_devices", discover_description(timeout_ms)),
     ]
@@ -129,7 +136,7 @@ impl MeterSyncServer {
 
     /// A live read of one meter, stored nowhere.
     #[tool(
-        description = "Read one meter live over BACnet/IP and return each configured point's value, unit or error. Stores nothing.",
+        description = read_meter_description(3000, 3),
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
     async fn read_meter(
