@@ -58,14 +58,9 @@ pub fn set_peer_level(peer: Peer<RoleServer>, level: LoggingLevel) {
     };
     let (tx, mut rx) = mpsc::channel::<LoggingMessageNotificationParam>(QUEUE);
     tokio::spawn(async move {
-        let mut window = tokio::time::Instant::now();
-        let mut sent = 0u32;
+        let mut limit = RateWindow::new(std::time::Instant::now());
         while let Some(mut msg) = rx.recv().await {
-            if window.elapsed() >= std::time::Duration::from_secs(1) {
-                window = tokio::time::Instant::now();
-                sent = 0;
-            }
-            if sent >= MAX_PER_SECOND {
+            if !limit.admit(std::time::Instant::now()) {
                 DROPPED.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
@@ -75,13 +70,40 @@ pub fn set_peer_level(peer: Peer<RoleServer>, level: LoggingLevel) {
                     m.insert("dropped_before".into(), dropped.into());
                 }
             }
-            sent += 1;
             if peer.notify_logging_message(msg).await.is_err() {
                 break;
             }
         }
     });
     *sink() = Some(Sink { tx, min });
+}
+
+/// At most [`MAX_PER_SECOND`] admissions per one-second window.
+struct RateWindow {
+    start: std::time::Instant,
+    sent: u32,
+}
+
+impl RateWindow {
+    fn new(now: std::time::Instant) -> Self {
+        RateWindow {
+            start: now,
+            sent: 0,
+        }
+    }
+
+    /// Whether one more message may go out at `now`.
+    fn admit(&mut self, now: std::time::Instant) -> bool {
+        if now.saturating_duration_since(self.start) >= std::time::Duration::from_secs(1) {
+            self.start = now;
+            self.sent = 0;
+        }
+        if self.sent >= MAX_PER_SECOND {
+            return false;
+        }
+        self.sent += 1;
+        true
+    }
 }
 
 /// Forwards events to the peer set by [`set_peer_level`].
@@ -136,5 +158,21 @@ impl<S: Subscriber> Layer<S> for ForwardLayer {
         if s.tx.try_send(msg).is_err() {
             DROPPED.fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn at_most_the_rate_per_second() {
+        let t0 = Instant::now();
+        let mut w = RateWindow::new(t0);
+        let admitted = (0..100).filter(|_| w.admit(t0)).count();
+        assert_eq!(admitted, MAX_PER_SECOND as usize);
+        assert!(!w.admit(t0 + Duration::from_millis(999)));
+        assert!(w.admit(t0 + Duration::from_secs(1)));
     }
 }
