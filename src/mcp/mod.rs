@@ -8,7 +8,15 @@
 //!   with a message a person can act on; the server keeps serving;
 //! - in read-only mode only the tools that write nothing are listed and
 //!   callable;
-//! - nothing but protocol reaches stdout (see [`stdio`]).
+//! - nothing but protocol reaches stdout (see [`stdio`]);
+//! - descriptions whose numbers depend on the configuration (the BACnet
+//!   timeout and tries) are written at start from the running values;
+//! - the prompts `diagnose_site` and `onboard_meter` (`prompts.rs`) name only
+//!   tools that exist;
+//! - the long tools run as MCP tasks for clients that declare the tasks
+//!   extension ([`tasks`]), and as plain calls for the others;
+//! - after `logging/setLevel`, log events at or above the level reach the
+//!   client as notifications ([`log_forward`]).
 
 mod collect_tools;
 mod cycle_tools;

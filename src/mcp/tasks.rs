@@ -1,5 +1,5 @@
 //! Long tools as MCP tasks (the `io.modelcontextprotocol/tasks` extension,
-//! SEP-2663, through rmcp's [`TaskManager`]): when the client declares the
+//! SEP-2663, through rmcp's [`rmcp::task_manager::TaskManager`]): when the client declares the
 //! extension, `upload_readings`, `collect_meters` and `run_sync_cycle`
 //! return a task at once; the work goes on in the server, `tasks/get` shows
 //! its progress (the status message follows the engine's progress reports)
