@@ -337,6 +337,54 @@ async fn query_readings_matches_sql_on_uploaded_and_backlog_readings() -> anyhow
     assert!(rows.iter().all(|r| r["uploaded"] == false));
     mcp.close().await?;
 
+    // The CLI twin answers the same question the same way.
+    let out = run_cli(
+        &env,
+        &[
+            "readings",
+            "--meter-id",
+            "1",
+            "--point",
+            "energy_kwh",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-03-03",
+            "--bucket",
+            "1d",
+        ],
+        "assist-readings-cli",
+    )
+    .await?;
+    assert!(out.ok, "{}", out.stderr);
+    let cli: Value = serde_json::from_str(&out.stdout)?;
+    let days = cli["buckets"].as_array().cloned().unwrap_or_default();
+    assert_eq!(days.len(), 2, "{cli}");
+    let day_sum: f64 = days.iter().map(|d| f(&d["delta"])).sum();
+    let hour_sum: f64 = energy.iter().map(|b| f(&b["delta"])).sum();
+    assert!(close(day_sum, hour_sum), "{day_sum} vs {hour_sum}");
+    let out = run_cli(
+        &env,
+        &[
+            "readings",
+            "--meter-id",
+            "1",
+            "--from",
+            "2026-03-01",
+            "--to",
+            "2026-03-03",
+            "--limit",
+            "0",
+        ],
+        "assist-readings-cli-bad",
+    )
+    .await?;
+    assert!(
+        !out.ok && out.stderr.contains("invalid limit"),
+        "{}",
+        out.stderr
+    );
+
     // With the remote configured but down: the backlog, within the deadline.
     w.remote.stop()?;
     let mcp = Mcp::start(&env, &["--read-only"], "assist-readings-down").await?;
