@@ -57,6 +57,18 @@ async fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    let prompts = client.list_all_prompts().await?;
+    println!(
+        "prompts: {}",
+        prompts
+            .iter()
+            .map(|p| p.name.clone())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let now = chrono::Utc::now().date_naive();
+    let today = now.to_string();
+    let tomorrow = (now + chrono::Days::new(1)).to_string();
     let calls = [
         ("connection_status", json!({})),
         ("sync_status", json!({})),
@@ -72,7 +84,16 @@ async fn main() -> anyhow::Result<()> {
         ("collect_meters", json!({})),
         ("upload_readings", json!({"batch_size": 5000})),
         ("run_sync_cycle", json!({})),
-        ("sync_status", json!({})),
+        ("sync_status", json!({"failing_limit": 5})),
+        ("list_meters", json!({"health": "failing", "compact": true})),
+        (
+            "query_readings",
+            json!({"meter_ids": [101], "points": ["energy_kwh", "power_kw"], "from": today, "to": tomorrow, "bucket": "1h"}),
+        ),
+        (
+            "query_readings",
+            json!({"meter_ids": [101], "points": ["energy_kwh"], "from": today, "to": tomorrow, "limit": 3}),
+        ),
     ];
     for (tool, arguments) in calls {
         if !tools.iter().any(|t| t.name == tool) {
@@ -94,6 +115,35 @@ async fn main() -> anyhow::Result<()> {
         } else if let Some(s) = &result.structured_content {
             println!("{}", serde_json::to_string_pretty(s)?);
         }
+    }
+    // describe_device on meter 101's device (the demo's addresses are
+    // picked at start).
+    let m = client
+        .call_tool(
+            CallToolRequestParams::new("list_meters").with_arguments(
+                json!({"ids": [101], "compact": true})
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+        )
+        .await?;
+    let address = m
+        .structured_content
+        .as_ref()
+        .and_then(|s| s["meters"][0]["address"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let arguments = json!({"address": address, "limit": 3});
+    println!("\n== describe_device {arguments}");
+    let d = client
+        .call_tool(
+            CallToolRequestParams::new("describe_device")
+                .with_arguments(arguments.as_object().cloned().unwrap_or_default()),
+        )
+        .await?;
+    match &d.structured_content {
+        Some(s) => println!("{}", serde_json::to_string_pretty(s)?),
+        None => println!("error: {:?}", d.content),
     }
     client.cancel().await?;
     Ok(())

@@ -90,6 +90,44 @@ enum Command {
     },
     /// Download tenants and meters, collect, upload: one cycle; prints each step's result as JSON.
     Cycle,
+    /// Describe a BACnet device: its objects (paged) and a drafted `points` JSON, as JSON.
+    Describe {
+        /// The device's address, host[:port].
+        address: String,
+        /// Its device instance, if known (skips the Who-Is).
+        #[arg(long)]
+        device_instance: Option<u32>,
+        /// Objects per page.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// The next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Readings history of meters from the remote and the local backlog, raw or bucketed; one page as JSON.
+    Readings {
+        /// A meter to read (repeat for several).
+        #[arg(long = "meter-id", required = true)]
+        meter_ids: Vec<i64>,
+        /// A point to read (repeat for several); default: every point.
+        #[arg(long = "point")]
+        points: Vec<String>,
+        /// Start of the range, inclusive: RFC 3339 or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        from: String,
+        /// End of the range, exclusive.
+        #[arg(long)]
+        to: String,
+        /// Aggregate by this interval (15m, 1h, 1d); raw readings when omitted.
+        #[arg(long)]
+        bucket: Option<String>,
+        /// Rows per page.
+        #[arg(long)]
+        limit: Option<i64>,
+        /// The next_cursor of the previous page.
+        #[arg(long)]
+        cursor: Option<String>,
+    },
     /// The daemon: collect, upload and download on their intervals until SIGTERM/SIGINT.
     Run,
     /// List the readings the upload set aside (the quarantine, or with
@@ -307,6 +345,51 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !r.ok {
                 anyhow::bail!("the cycle had failing steps (see their errors above)");
             }
+        }
+        Command::Describe {
+            address,
+            device_instance,
+            limit,
+            cursor,
+        } => {
+            let app = load()?;
+            let client = app.bacnet().await?;
+            let d = metersync::bacnet::describe::describe(
+                &client,
+                &address,
+                device_instance,
+                limit,
+                cursor.as_deref(),
+                app.config.bacnet_timeout,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&d)?;
+        }
+        Command::Readings {
+            meter_ids,
+            points,
+            from,
+            to,
+            bucket,
+            limit,
+            cursor,
+        } => {
+            let app = load()?;
+            let q = metersync::readings::ReadingsQuery {
+                meter_ids,
+                points,
+                from,
+                to,
+                bucket,
+                limit,
+                cursor,
+            };
+            let page = metersync::readings::query_readings(&app.db, &q)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            print_json(&page)?;
+            app.db.close();
         }
         Command::Run => {
             let app = start(Work::Daemon).await?;

@@ -75,17 +75,19 @@ pub struct PointProblem {
 pub struct CollectReport {
     /// Meters that answered.
     pub meters_read: u64,
-    /// Meters that did not (timeout, error, bad configuration).
+    /// Meters that could not be read (timeout, error, bad configuration).
     pub meters_failed: u64,
     /// Readings newly stored (0 on a dry run).
     pub readings_written: u64,
     /// Good readings read (stored unless dry run).
     pub readings_read: u64,
     /// Failed meters (at most [`LIST_CAP`]).
+    #[schemars(description = format!("Failed meters, at most {LIST_CAP} (the count is meters_failed)."))]
     pub failures: Vec<MeterFailure>,
     /// Failed meters left out of `failures`.
     pub failures_omitted: u64,
     /// Points not stored (at most [`LIST_CAP`]).
+    #[schemars(description = format!("Points not stored, at most {LIST_CAP}."))]
     pub point_errors: Vec<PointProblem>,
     /// Point problems left out of `point_errors`.
     pub point_errors_omitted: u64,

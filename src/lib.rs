@@ -29,6 +29,7 @@
 //! - [`download`]: remote tenants and meters -> local (`download_*`).
 //! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
 //! - [`meters`]: the local meter list, paged (`list_meters`).
+//! - [`readings`]: readings history from both sides, raw or bucketed (`query_readings`).
 //! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`daemon`]: `metersync run`, the three loops.
@@ -58,6 +59,7 @@ pub mod meters;
 pub mod migrate;
 pub mod progress;
 pub mod quarantine;
+pub mod readings;
 pub mod retry;
 pub mod runs;
 pub mod shutdown;

@@ -1,6 +1,7 @@
 //! Logging: `tracing` to stderr only (stdout belongs to the MCP protocol in
 //! serve mode), ANSI off, level from `RUST_LOG` (default `info`) and
-//! changeable at run time by the MCP `logging/setLevel` request.
+//! changeable at run time by the MCP `logging/setLevel` request, which also
+//! starts forwarding events to the client ([`crate::mcp::log_forward`]).
 //!
 //! Guarantee: a `RUST_LOG` that is not a valid filter is a startup error
 //! naming `RUST_LOG` ([`try_init`]), never a silent "logging off". A bare word
@@ -84,6 +85,7 @@ fn install(filter: EnvFilter) {
     if tracing_subscriber::registry()
         .with(layer)
         .with(fmt)
+        .with(crate::mcp::log_forward::layer())
         .try_init()
         .is_ok()
     {

@@ -7,8 +7,30 @@ use serde::Serialize;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 
-/// How many failing meters a status lists before it only counts.
+/// How many failing meters a status lists when no limit is given.
 pub const FAILING_LIST_CAP: usize = 20;
+/// The most failing meters one status page lists.
+pub const FAILING_MAX_LIMIT: i64 = 500;
+
+/// A bad `sync_status` argument, or the database failing.
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    /// An argument is out of range or malformed.
+    #[error("invalid {0}")]
+    Argument(String),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Which failing meters a status lists: `limit` of them after `cursor`.
+#[derive(Debug, Clone, Default)]
+pub struct FailingPage {
+    /// How many (1 to [`FAILING_MAX_LIMIT`], default [`FAILING_LIST_CAP`]).
+    pub limit: Option<i64>,
+    /// The `failing_next_cursor` of the previous status.
+    pub cursor: Option<String>,
+}
 
 /// Readings waiting for upload.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
@@ -62,10 +84,12 @@ pub struct Health {
     pub failing: i64,
     /// Active meters never collected.
     pub never_collected: i64,
-    /// The failing meters, worst first (at most [`FAILING_LIST_CAP`]).
+    /// The failing meters, worst first (most consecutive failures, then id), one page.
     pub failing_meters: Vec<FailingMeter>,
-    /// Failing meters left out of the list.
+    /// Failing meters after this page.
     pub failing_meters_omitted: i64,
+    /// Pass as `failing_cursor` for the next page of failing meters; `null` on the last.
+    pub failing_next_cursor: Option<String>,
 }
 
 /// A remote row the last download of its table skipped, and why.
@@ -127,10 +151,36 @@ pub(crate) fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// Reads the status from the local database.
+fn failing_cursor(c: &str) -> Result<(i32, i64), StatusError> {
+    let bad = || {
+        StatusError::Argument(format!(
+            "failing_cursor {:?}: pass the failing_next_cursor of a previous sync_status, or omit it",
+            c.chars().take(40).collect::<String>()
+        ))
+    };
+    let rest = c.strip_prefix("f1.").ok_or_else(bad)?;
+    let (n, id) = rest.split_once('.').ok_or_else(bad)?;
+    Ok((
+        n.parse().map_err(|_| bad())?,
+        id.parse().map_err(|_| bad())?,
+    ))
+}
+
+/// Reads the status from the local database, with one page of failing meters.
 ///
-/// Fails when the local database is unreachable or not migrated.
-pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
+/// Fails on a bad page argument, or when the local database is unreachable
+/// or not migrated.
+pub async fn sync_status(db: &Databases, page: &FailingPage) -> Result<SyncStatus, StatusError> {
+    let limit = page.limit.unwrap_or(FAILING_LIST_CAP as i64);
+    if !(1..=FAILING_MAX_LIMIT).contains(&limit) {
+        return Err(StatusError::Argument(format!(
+            "failing_limit: must be between 1 and {FAILING_MAX_LIMIT}, got {limit}"
+        )));
+    }
+    let (after_failures, after_id) = match page.cursor.as_deref() {
+        Some(c) => failing_cursor(c)?,
+        None => (i32::MAX, i64::MIN),
+    };
     let c = db.local().await?;
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let row = c
@@ -186,9 +236,11 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
             "SELECT h.meter_id, h.consecutive_failures, h.last_error, h.last_success_at
              FROM meter_health h JOIN meters m ON m.id = h.meter_id
              WHERE m.active AND h.consecutive_failures > 0
+               AND (h.consecutive_failures < $2
+                    OR (h.consecutive_failures = $2 AND h.meter_id > $3))
              ORDER BY h.consecutive_failures DESC, h.meter_id
              LIMIT $1",
-            &[&(FAILING_LIST_CAP as i64)],
+            &[&limit, &after_failures, &after_id],
         )
         .await
         .map_err(q)?
@@ -204,6 +256,27 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
         .collect::<Result<_, tokio_postgres::Error>>()
         .map_err(q)?;
     let skipped_rows = skipped_rows(&last_runs);
+    let failing_after: i64 = c
+        .query_one(
+            "SELECT count(*) FROM meter_health h JOIN meters m ON m.id = h.meter_id
+             WHERE m.active AND h.consecutive_failures > 0
+               AND (h.consecutive_failures < $1
+                    OR (h.consecutive_failures = $1 AND h.meter_id > $2))",
+            &[
+                &failing_meters
+                    .last()
+                    .map_or(after_failures, |f| f.consecutive_failures),
+                &failing_meters.last().map_or(after_id, |f| f.meter_id),
+            ],
+        )
+        .await
+        .map_err(q)?
+        .try_get(0)
+        .map_err(q)?;
+    let failing_next_cursor = (failing_after > 0)
+        .then(|| failing_meters.last())
+        .flatten()
+        .map(|f| format!("f1.{}.{}", f.consecutive_failures, f.meter_id));
     Ok(SyncStatus {
         backlog,
         last_runs,
@@ -213,7 +286,8 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
             healthy: h.try_get(1).map_err(q)?,
             failing,
             never_collected: h.try_get(3).map_err(q)?,
-            failing_meters_omitted: (failing - failing_meters.len() as i64).max(0),
+            failing_meters_omitted: failing_after,
+            failing_next_cursor,
             failing_meters,
         },
     })

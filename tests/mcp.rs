@@ -9,14 +9,16 @@ use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
 
-const ALL_TOOLS: [&str; 12] = [
+const ALL_TOOLS: [&str; 14] = [
     "collect_meters",
     "connection_status",
+    "describe_device",
     "discover_devices",
     "download_meters",
     "download_tenants",
     "list_meters",
     "list_quarantine",
+    "query_readings",
     "read_meter",
     "requeue_readings",
     "run_sync_cycle",
@@ -306,9 +308,11 @@ async fn read_only_mode_serves_only_the_readers() -> anyhow::Result<()> {
             names,
             [
                 "connection_status",
+                "describe_device",
                 "discover_devices",
                 "list_meters",
                 "list_quarantine",
+                "query_readings",
                 "read_meter",
                 "sync_status"
             ],

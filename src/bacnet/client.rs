@@ -357,6 +357,50 @@ impl UdpClient {
         }
     }
 
+    /// Reads element `index` of the array property `p` with one ReadProperty
+    /// (index 0 is the array's length): how a device's Object_List is paged
+    /// when it is too long for one unsegmented reply.
+    ///
+    /// Fails like [`BacnetClient::read_properties`]: only when the device
+    /// cannot be talked to; the device's error for the element is an
+    /// `Err(ErrorCode)` in the result.
+    pub async fn read_array_element(
+        &self,
+        device: Device,
+        p: PropertyRef,
+        index: u32,
+    ) -> Result<PropertyResult, BacnetError> {
+        let peer = self.peer(device.addr);
+        let mut peer = peer.lock().await;
+        let mut body = Vec::new();
+        services::encode_read_property_indexed(&mut body, p, index);
+        let reply = self
+            .transact(&mut peer, device, frame::SERVICE_READ_PROPERTY, &body)
+            .await?;
+        match reply {
+            Reply::Ack(body) => Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
+                |source| BacnetError::Malformed {
+                    addr: device.addr,
+                    device: device.instance,
+                    source,
+                },
+            )?)),
+            Reply::Error(e) => Ok(Err(e)),
+            Reply::Segmented => Ok(Err(TOO_LONG)),
+            Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
+            Reply::Abort(reason) => Err(BacnetError::Aborted {
+                addr: device.addr,
+                device: device.instance,
+                reason,
+            }),
+            Reply::Reject(reason) => Err(BacnetError::Rejected {
+                addr: device.addr,
+                device: device.instance,
+                reason,
+            }),
+        }
+    }
+
     async fn who_is_inner(
         &self,
         target: SocketAddr,
@@ -380,11 +424,7 @@ impl UdpClient {
         })?;
         if let Err(source) = self.shared.socket.send_to(&datagram, target).await {
             rx.close();
-            return Err(BacnetError::Send {
-                addr: target,
-                device: 0,
-                source,
-            });
+            return Err(BacnetError::WhoIsSend { target, source });
         }
         let mut found: Vec<IAm> = Vec::new();
         let deadline = tokio::time::sleep(wait);

@@ -28,6 +28,7 @@
 //! - `tags`, `frame`, `services`: the codec (private; [`fuzz_decode`] exposes it to the fuzzer).
 //! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`].
 //! - [`read`]: [`read_meter`] and [`discover_devices`], what the collector and the MCP tools call.
+//! - [`describe`]: a device's objects, paged, and a drafted `points` JSON (`describe_device`).
 //! - [`points`]: the `points` JSON and `address` of a meter.
 //! - [`units`]: engineering units as readable symbols.
 //! - [`sim`]: simulated meters over real UDP, for tests, the benchmark and `metersync demo`.
@@ -38,6 +39,7 @@
 //! not decode or match a pending request is counted and dropped.
 
 pub mod client;
+pub mod describe;
 mod frame;
 pub mod points;
 pub mod read;
@@ -156,6 +158,15 @@ pub enum BacnetError {
         #[source]
         source: std::io::Error,
     },
+    /// A Who-Is could not be sent (no device is addressed yet).
+    #[error("cannot send Who-Is to {target}: {source}")]
+    WhoIsSend {
+        /// Where the Who-Is went.
+        target: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
     /// No answer within the timeout, on every try.
     #[error("no reply from {addr} (device {device}) after {tries} tries of {timeout_ms} ms: check the meter's power, network and address")]
     Timeout {
@@ -208,7 +219,10 @@ impl BacnetError {
     /// Whether the same request may succeed later (a device that did not answer
     /// or a send that failed); a reject, abort or malformed reply will repeat.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BacnetError::Timeout { .. } | BacnetError::Send { .. })
+        matches!(
+            self,
+            BacnetError::Timeout { .. } | BacnetError::Send { .. } | BacnetError::WhoIsSend { .. }
+        )
     }
 }
 

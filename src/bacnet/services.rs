@@ -47,14 +47,31 @@ pub(crate) fn encode_read_property(buf: &mut Vec<u8>, p: PropertyRef) {
 }
 
 pub(crate) fn decode_read_property(body: &[u8]) -> Result<PropertyRef, CodecError> {
+    match decode_read_property_indexed(body)? {
+        (p, None) => Ok(p),
+        (_, Some(_)) => Err(CodecError::Invalid("array index not supported")),
+    }
+}
+
+/// A ReadProperty request with its optional array index (for `describe`).
+pub(crate) fn encode_read_property_indexed(buf: &mut Vec<u8>, p: PropertyRef, index: u32) {
+    encode_read_property(buf, p);
+    Writer(buf).ctx_unsigned(2, u64::from(index));
+}
+
+/// Decode a ReadProperty request and its optional array index.
+pub(crate) fn decode_read_property_indexed(
+    body: &[u8],
+) -> Result<(PropertyRef, Option<u32>), CodecError> {
     let mut r = Reader::new(body);
     let object = r.ctx_object_id(0)?;
     let property = property_id(r.ctx_unsigned(1)?)?;
-    if r.optional_ctx_unsigned(2)?.is_some() {
-        return Err(CodecError::Invalid("array index not supported"));
-    }
+    let index = r
+        .optional_ctx_unsigned(2)?
+        .map(|i| u32::try_from(i).map_err(|_| CodecError::Invalid("array index")))
+        .transpose()?;
     end(&r)?;
-    Ok(PropertyRef { object, property })
+    Ok((PropertyRef { object, property }, index))
 }
 
 pub(crate) fn encode_read_property_ack(buf: &mut Vec<u8>, p: PropertyRef, value: &Value) {

@@ -128,10 +128,12 @@ pub struct DownloadReport {
     /// Remote rows with data the collector cannot use, left as they were locally.
     pub skipped: u64,
     /// The changes, in id order, at most [`LIST_CAP`].
+    #[schemars(description = format!("The changes, in id order, at most {LIST_CAP}."))]
     pub changes: Vec<Change>,
     /// Changes left out of `changes`.
     pub changes_omitted: u64,
     /// The skipped rows and why, at most [`LIST_CAP`].
+    #[schemars(description = format!("The skipped rows and why, at most {LIST_CAP}."))]
     pub errors: Vec<RowError>,
     /// Skipped rows left out of `errors`.
     pub errors_omitted: u64,

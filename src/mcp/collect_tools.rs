@@ -49,17 +49,63 @@ pub struct DiscoverArgs {
 pub struct DiscoverResult {
     /// Where the Who-Is went.
     pub target: String,
-    /// Devices found (at most 100), by instance.
+    /// Devices found, by instance.
+    #[schemars(description = format!("Devices found, by instance, at most {DISCOVER_CAP}."))]
     pub devices: Vec<crate::bacnet::DiscoveredDevice>,
     /// Devices left out of the list.
     pub devices_omitted: usize,
+}
+
+/// `collect_meters`' description with the running BACnet timing: what a
+/// silent meter costs is the timeout times the tries, not one timeout.
+fn collect_description(timeout_ms: u128, tries: u32, concurrency: usize) -> String {
+    format!(
+        "Read the site's active meters over BACnet/IP and store the readings locally for upload. Optional meter_ids limits the run; \
+dry_run reads without storing. A meter that does not answer costs BACNET_TIMEOUT_MS x (1 + BACNET_RETRIES) = {timeout_ms} ms x {tries} tries \
+= {} ms before it is listed in failures; the others are still collected, {concurrency} meters at a time (COLLECT_CONCURRENCY). \
+Sends progress per meter when the client gives a progress token.",
+        timeout_ms.saturating_mul(u128::from(tries))
+    )
+}
+
+/// `discover_devices`' description with the running BACnet timing.
+fn discover_description(timeout_ms: u128) -> String {
+    format!(
+        "Find BACnet devices: send Who-Is to a unicast or broadcast address and list the devices that answer with I-Am \
+(instance, address, vendor, name; at most {DISCOVER_CAP} listed). Waits timeout_ms for answers, then reads each device's \
+names (a device that does not answer that read costs up to {timeout_ms} ms per try). Next: describe_device on an address \
+to see its objects and draft its points. Stores nothing."
+    )
+}
+
+/// `read_meter`'s description with the running BACnet timing.
+fn read_meter_description(timeout_ms: u128, tries: u32) -> String {
+    format!(
+        "Read one meter live over BACnet/IP and return each configured point's value, unit or error. \
+A meter that does not answer costs {timeout_ms} ms x {tries} tries = {} ms (BACNET_TIMEOUT_MS x (1 + BACNET_RETRIES)). Stores nothing.",
+        timeout_ms.saturating_mul(u128::from(tries))
+    )
+}
+
+/// The descriptions that depend on the configuration.
+pub(super) fn configured(config: &crate::config::Config) -> [(&'static str, String); 3] {
+    let timeout_ms = config.bacnet_timeout.as_millis();
+    let tries = config.bacnet_retries.saturating_add(1);
+    [
+        ("read_meter", read_meter_description(timeout_ms, tries)),
+        (
+            "collect_meters",
+            collect_description(timeout_ms, tries, config.collect_concurrency),
+        ),
+        ("discover_devices", discover_description(timeout_ms)),
+    ]
 }
 
 #[tool_router(router = collect_router, vis = "pub(super)")]
 impl MeterSyncServer {
     /// Reads meters into the local backlog.
     #[tool(
-        description = "Read the site's active meters over BACnet/IP and store the readings locally for upload. Optional meter_ids limits the run; dry_run reads without storing. A meter that does not answer costs one timeout and is listed in failures; the others are still collected. Sends progress per meter when the client gives a progress token.",
+        description = collect_description(3000, 3, 4),
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -90,7 +136,7 @@ impl MeterSyncServer {
 
     /// A live read of one meter, stored nowhere.
     #[tool(
-        description = "Read one meter live over BACnet/IP and return each configured point's value, unit or error. Stores nothing.",
+        description = read_meter_description(3000, 3),
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
     async fn read_meter(
@@ -106,7 +152,7 @@ impl MeterSyncServer {
 
     /// Who-Is on the network.
     #[tool(
-        description = "Find BACnet devices: send Who-Is to a unicast or broadcast address and list the devices that answer with I-Am (instance, address, vendor, name). Stores nothing.",
+        description = discover_description(3000),
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
     async fn discover_devices(

@@ -8,26 +8,40 @@
 //!   with a message a person can act on; the server keeps serving;
 //! - in read-only mode only the tools that write nothing are listed and
 //!   callable;
-//! - nothing but protocol reaches stdout (see [`stdio`]).
+//! - nothing but protocol reaches stdout (see [`stdio`]);
+//! - descriptions whose numbers depend on the configuration (the BACnet
+//!   timeout and tries) are written at start from the running values;
+//! - the prompts `diagnose_site` and `onboard_meter` (`prompts.rs`) name only
+//!   tools that exist;
+//! - the long tools run as MCP tasks for clients that declare the tasks
+//!   extension ([`tasks`]), and as plain calls for the others;
+//! - after `logging/setLevel`, log events at or above the level reach the
+//!   client as notifications ([`log_forward`]).
 
 mod collect_tools;
 mod cycle_tools;
+mod device_tools;
 mod download_tools;
+pub mod log_forward;
 mod meter_tools;
 pub mod progress;
 mod quarantine_tools;
+mod prompts;
+mod readings_tools;
 mod status_tools;
 pub mod stdio;
+pub mod tasks;
 mod upload_tools;
 
 use std::sync::Arc;
 
 use rmcp::handler::server::tool::{ToolCallContext, ToolRouter};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, ErrorCode,
-    Implementation, ListResourcesResult, ListToolsResult, PaginatedRequestParams,
-    ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult, Resource,
-    ResourceContents, ServerCapabilities, ServerConfig, Tool,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, ContentBlock,
+    ErrorCode, GetPromptRequestParams, GetPromptResponse, GetTaskParams, GetTaskResult,
+    Implementation, ListPromptsResult, ListResourcesResult, ListToolsResult,
+    PaginatedRequestParams, ReadResourceRequestParams, ReadResourceResponse, ReadResourceResult,
+    Resource, ResourceContents, ServerCapabilities, ServerConfig, Tool, UpdateTaskParams,
 };
 #[allow(deprecated)]
 use rmcp::model::{LoggingLevel, SetLevelRequestParams};
@@ -46,6 +60,8 @@ pub const READ_ONLY_TOOLS: &[&str] = &[
     "read_meter",
     "discover_devices",
     "list_quarantine",
+    "query_readings",
+    "describe_device",
 ];
 
 /// What the server tells an assistant about itself and the order of work.
@@ -57,7 +73,11 @@ failing meters). The normal order of work is: download_tenants, download_meters 
 from the central database), collect_meters (read the meters), upload_readings (send the backlog); \
 run_sync_cycle does all four in that order. Use dry_run to preview downloads and collections. \
 read_meter and discover_devices talk to meters live and store nothing. Readings are billing data: \
-uploads are exactly-once, so re-running an upload is always safe.";
+uploads are exactly-once, so re-running an upload is always safe. query_readings answers what a meter \
+recorded or used over a time range (raw or per interval); describe_device lists a device's objects and drafts \
+its points JSON; list_meters filters by tenant, name, ids and health. The prompts diagnose_site and \
+onboard_meter give the order of calls for those two jobs. Clients with the tasks extension get \
+upload_readings, collect_meters and run_sync_cycle as tasks.";
 
 /// The resource holding the configuration (passwords redacted).
 pub const CONFIG_URI: &str = "metersync://config";
@@ -75,6 +95,8 @@ pub struct MeterSyncServer {
     app: Arc<App>,
     read_only: bool,
     tool_router: ToolRouter<Self>,
+    /// Tasks of the clients that opt in (see [`tasks`]).
+    tasks: rmcp::task_manager::TaskManager,
 }
 
 impl MeterSyncServer {
@@ -88,11 +110,14 @@ impl MeterSyncServer {
             + Self::collect_router()
             + Self::cycle_router()
             + Self::quarantine_router()
+            + Self::readings_router()
+            + Self::device_router()
     }
 
     /// A server over `app`; `read_only` hides every tool that writes.
     pub fn new(app: Arc<App>, read_only: bool) -> Self {
         let mut tool_router = Self::routers();
+        configured_descriptions(&mut tool_router, &app.config);
         if read_only {
             let names: Vec<String> = tool_router
                 .list_all()
@@ -108,6 +133,7 @@ impl MeterSyncServer {
             app,
             read_only,
             tool_router,
+            tasks: rmcp::task_manager::TaskManager::new(),
         }
     }
 }
@@ -127,6 +153,8 @@ impl ServerHandler for MeterSyncServer {
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_resources()
+                .enable_prompts()
+                .enable_tasks()
                 .enable_logging()
                 .build(),
         )
@@ -150,6 +178,15 @@ impl ServerHandler for MeterSyncServer {
             .into());
         }
         let arguments = request.arguments.clone().unwrap_or_default();
+        if tasks::wanted(&name, &context) {
+            if let Some(detail) = explain_arguments(&name, &arguments) {
+                return Ok(CallToolResult::error(vec![ContentBlock::text(format!(
+                    "invalid arguments for {name}: {detail}"
+                ))])
+                .into());
+            }
+            return Ok(CallToolResponse::Task(tasks::spawn(self, request, context)));
+        }
         let tcc = ToolCallContext::new(self, request, context);
         match self.tool_router.call(tcc).await {
             // Bad arguments are the caller's to fix: answer with a tool error
@@ -188,6 +225,50 @@ impl ServerHandler for MeterSyncServer {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, McpError> {
         Ok(ListToolsResult::with_all_items(self.tool_router.list_all()))
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, McpError> {
+        self.tasks
+            .get_task(&request.task_id)
+            .map(GetTaskResult::new)
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<(), McpError> {
+        self.tasks.cancel_task(&request.task_id)
+    }
+
+    async fn list_prompts(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, McpError> {
+        Ok(ListPromptsResult::with_all_items(prompts::list()))
+    }
+
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, McpError> {
+        let args = request.arguments.unwrap_or_default();
+        prompts::get(&request.name, &args, &self.app.config).map(GetPromptResponse::Complete)
     }
 
     fn get_tool(&self, name: &str) -> Option<Tool> {
@@ -238,7 +319,7 @@ impl ServerHandler for MeterSyncServer {
     async fn set_level(
         &self,
         request: SetLevelRequestParams,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<(), McpError> {
         let level = match request.level {
             LoggingLevel::Debug => "debug",
@@ -247,8 +328,30 @@ impl ServerHandler for MeterSyncServer {
             _ => "error",
         };
         crate::logging::set_level(level);
+        log_forward::set_peer_level(context.peer.clone(), request.level);
         tracing::info!(level, "log level changed by the MCP client");
         Ok(())
+    }
+}
+
+/// Descriptions whose numbers come from the running configuration (the
+/// BACnet timeout and tries), so what a model reads is what it will get.
+fn configured_descriptions(
+    router: &mut ToolRouter<MeterSyncServer>,
+    config: &crate::config::Config,
+) {
+    let set = |router: &mut ToolRouter<MeterSyncServer>, name: &str, text: String| {
+        if let Some(r) = router.map.get_mut(name) {
+            r.attr.description = Some(text.into());
+        }
+    };
+    set(
+        router,
+        "describe_device",
+        device_tools::describe_description(config),
+    );
+    for (name, text) in collect_tools::configured(config) {
+        set(router, name, text);
     }
 }
 
@@ -283,6 +386,9 @@ fn explain_arguments(
         "discover_devices" => check::<collect_tools::DiscoverArgs>(v),
         "list_quarantine" => check::<quarantine_tools::ListQuarantineArgs>(v),
         "requeue_readings" => check::<quarantine_tools::RequeueArgs>(v),
+        "query_readings" => check::<readings_tools::QueryReadingsArgs>(v),
+        "describe_device" => check::<device_tools::DescribeArgs>(v),
+        "sync_status" => check::<status_tools::SyncStatusArgs>(v),
         _ => check::<NoArgs>(v),
     }
 }
@@ -308,12 +414,14 @@ pub async fn serve_stdio(app: Arc<App>, read_only: bool) -> Result<(), ServeErro
     use rmcp::ServiceExt;
     let out = stdio::protocol_stdout()?;
     let server = MeterSyncServer::new(app.clone(), read_only);
+    let tasks = server.tasks.clone();
     tracing::info!(read_only, "serving MCP over stdio");
     let service = server
         .serve((tokio::io::stdin(), out))
         .await
         .map_err(|e| ServeError::Init(e.to_string()))?;
     let result = service.waiting().await;
+    tasks.shutdown();
     app.db.close();
     result
         .map(|_| ())

@@ -7,6 +7,27 @@ use super::{MeterSyncServer, NoArgs};
 use crate::db::ConnectionStatus;
 use crate::status::SyncStatus;
 
+/// Arguments of `sync_status`.
+#[derive(Debug, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SyncStatusArgs {
+    /// Failing meters per page.
+    #[schemars(description = format!("Failing meters to list, 1 to {} (default {}).", crate::status::FAILING_MAX_LIMIT, crate::status::FAILING_LIST_CAP))]
+    pub failing_limit: Option<i64>,
+    /// The failing_next_cursor of the previous sync_status; omit for the worst meters first.
+    pub failing_cursor: Option<String>,
+}
+
+fn sync_status_description() -> String {
+    format!(
+        "Local sync state: readings waiting for upload (count, oldest age), the last run of each operation, and meter health \
+with one page of failing meters, worst first (failing_limit, default {}, at most {}; pass failing_next_cursor back as \
+failing_cursor for the rest). Reads the local database only. Writes nothing.",
+        crate::status::FAILING_LIST_CAP,
+        crate::status::FAILING_MAX_LIMIT
+    )
+}
+
 #[tool_router(router = status_router, vis = "pub(super)")]
 impl MeterSyncServer {
     /// Per database: connected, latency, server version, pool occupancy,
@@ -24,14 +45,18 @@ impl MeterSyncServer {
 
     /// Backlog, last runs and meter health from the local database.
     #[tool(
-        description = "Local sync state: readings waiting for upload (count, oldest age), the last run of each operation, and meter health (failing meters first). Reads the local database only. Writes nothing.",
+        description = sync_status_description(),
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = false)
     )]
     async fn sync_status(
         &self,
-        Parameters(_): Parameters<NoArgs>,
+        Parameters(a): Parameters<SyncStatusArgs>,
     ) -> Result<Json<SyncStatus>, String> {
-        crate::status::sync_status(&self.app.db)
+        let page = crate::status::FailingPage {
+            limit: a.failing_limit,
+            cursor: a.failing_cursor,
+        };
+        crate::status::sync_status(&self.app.db, &page)
             .await
             .map(Json)
             .map_err(|e| e.to_string())

@@ -160,10 +160,10 @@ impl DeviceState {
         let mut apdu = vec![0x30, invoke_id, service];
         match service {
             frame::SERVICE_READ_PROPERTY => {
-                let Ok(p) = services::decode_read_property(body) else {
+                let Ok((p, index)) = services::decode_read_property_indexed(body) else {
                     return reject(invoke_id, 0);
                 };
-                match self.read(p) {
+                match self.read(p).and_then(|v| element(v, index)) {
                     Ok(v) => services::encode_read_property_ack(&mut apdu, p, &v),
                     Err(e) => {
                         let mut out = vec![0x50, invoke_id, service];
@@ -268,6 +268,24 @@ fn analog(name: &str, value: f64, units: u32, drift: f64, monotonic: bool) -> Si
         drift,
         monotonic,
     }
+}
+
+/// Element `index` of an array value (0: its length), or the whole value.
+fn element(v: Value, index: Option<u32>) -> PropertyResult {
+    let Some(i) = index else { return Ok(v) };
+    let Value::List(items) = v else {
+        // property-is-not-an-array (50)
+        return Err(err(ErrorCode::CLASS_PROPERTY, 50));
+    };
+    if i == 0 {
+        return Ok(Value::Unsigned(items.len() as u64));
+    }
+    let at = usize::try_from(i - 1).unwrap_or(usize::MAX);
+    // invalid-array-index (42)
+    items
+        .into_iter()
+        .nth(at)
+        .ok_or(err(ErrorCode::CLASS_PROPERTY, 42))
 }
 
 fn reject(invoke_id: u8, reason: u8) -> Vec<u8> {
