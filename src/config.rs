@@ -209,6 +209,17 @@ pub struct Config {
     pub download_interval: Duration,
     /// `METERSYNC_READ_ONLY`: serve only the tools that write nothing.
     pub read_only: bool,
+    /// `METRICS_BIND`: where the daemon serves `/health` and `/metrics`;
+    /// unset, nothing listens.
+    pub metrics_bind: Option<std::net::SocketAddr>,
+    /// `BACKLOG_WARN_ROWS`: a backlog longer than this raises a warning
+    /// (nothing is dropped).
+    pub backlog_warn_rows: u64,
+    /// `BACKLOG_WARN_AGE_S`: a backlog whose oldest reading is older than
+    /// this raises a warning (nothing is dropped).
+    pub backlog_warn_age: std::time::Duration,
+    /// `SYNC_RUNS_KEEP_DAYS`: journal rows older than this are pruned daily.
+    pub sync_runs_keep: std::time::Duration,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -403,6 +414,41 @@ impl Config {
                 "seconds, from 1 to 86400",
             )?),
             read_only: parse_bool(vars, "METERSYNC_READ_ONLY")?,
+            metrics_bind: match vars.get("METRICS_BIND") {
+                None => None,
+                Some(v) => Some(v.trim().parse().map_err(|_| ConfigError::Invalid {
+                    var: "METRICS_BIND",
+                    value: v,
+                    expects: "an IP address and TCP port such as 127.0.0.1:9187",
+                })?),
+            },
+            backlog_warn_rows: parse_range(
+                vars,
+                "BACKLOG_WARN_ROWS",
+                1_000_000u64,
+                1,
+                u64::MAX,
+                "a whole number of rows, at least 1",
+            )?,
+            backlog_warn_age: Duration::from_secs(parse_range(
+                vars,
+                "BACKLOG_WARN_AGE_S",
+                86_400u64,
+                1,
+                31_536_000,
+                "seconds, from 1 to 31536000",
+            )?),
+            sync_runs_keep: Duration::from_secs(
+                86_400
+                    * parse_range(
+                        vars,
+                        "SYNC_RUNS_KEEP_DAYS",
+                        30u64,
+                        1,
+                        36_500,
+                        "days, from 1 to 36500",
+                    )?,
+            ),
         })
     }
 
@@ -456,6 +502,10 @@ impl Config {
                 "download": self.download_interval.as_secs(),
             },
             "read_only": self.read_only,
+            "metrics_bind": self.metrics_bind.map(|a| a.to_string()),
+            "backlog_warn_rows": self.backlog_warn_rows,
+            "backlog_warn_age_s": self.backlog_warn_age.as_secs(),
+            "sync_runs_keep_days": self.sync_runs_keep.as_secs() / 86_400,
         })
     }
 }

@@ -27,6 +27,11 @@
 //! - [`daemon`]: `metersync run`, the three loops and graceful shutdown.
 //! - [`demo`]: `metersync demo`, a whole site on loopback.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
+//! - [`heartbeat`]: the site's row in the remote `site_status` table.
+//! - [`metrics`]: the Prometheus registry and its sampler.
+//! - [`health`]: `/health` and `/metrics` over HTTP, the systemd watchdog,
+//!   and the site health `metersync status` reports.
+//! - [`prune`]: bounded growth: the journal pruned by age, idle connections closed.
 
 pub mod app;
 pub mod bacnet;
@@ -37,11 +42,15 @@ pub mod daemon;
 pub mod db;
 pub mod demo;
 pub mod download;
+pub mod health;
+pub mod heartbeat;
 pub mod logging;
 pub mod mcp;
 pub mod meters;
+pub mod metrics;
 pub mod migrate;
 pub mod progress;
+pub mod prune;
 pub mod retry;
 pub mod runs;
 pub mod status;

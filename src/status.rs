@@ -77,6 +77,61 @@ pub struct SyncStatus {
     pub last_runs: Vec<LastRun>,
     /// Meter health.
     pub health: Health,
+    /// Backlog over `BACKLOG_WARN_ROWS` or older than `BACKLOG_WARN_AGE_S`
+    /// (nothing is ever dropped; this says the remote is not keeping up).
+    pub warnings: Vec<String>,
+}
+
+/// The backlog thresholds (`BACKLOG_WARN_ROWS`, `BACKLOG_WARN_AGE_S`): past
+/// either, status, metrics, logs and the heartbeat carry a warning. They
+/// never drop a reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrowthLimits {
+    /// Rows waiting for upload before a warning.
+    pub rows: u64,
+    /// Age of the oldest waiting reading before a warning.
+    pub age: std::time::Duration,
+}
+
+impl Default for GrowthLimits {
+    fn default() -> Self {
+        GrowthLimits {
+            rows: 1_000_000,
+            age: std::time::Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl GrowthLimits {
+    /// The limits the configuration sets.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        GrowthLimits {
+            rows: c.backlog_warn_rows,
+            age: c.backlog_warn_age,
+        }
+    }
+
+    /// The warnings a backlog of `rows` whose oldest reading is `oldest_age_s`
+    /// old deserves (empty when within limits).
+    pub fn check(&self, rows: i64, oldest_age_s: Option<f64>) -> Vec<String> {
+        let mut w = Vec::new();
+        if rows.max(0) as u64 > self.rows {
+            w.push(format!(
+                "backlog of {rows} readings is over BACKLOG_WARN_ROWS={}: the remote is not keeping up (nothing is dropped)",
+                self.rows
+            ));
+        }
+        if let Some(age) = oldest_age_s {
+            if age > self.age.as_secs_f64() {
+                w.push(format!(
+                    "oldest reading waiting for upload is {:.0} s old, over BACKLOG_WARN_AGE_S={} (nothing is dropped)",
+                    age,
+                    self.age.as_secs()
+                ));
+            }
+        }
+        w
+    }
 }
 
 /// A database timestamp as the tools show it: RFC 3339, UTC, milliseconds.
@@ -84,10 +139,21 @@ pub(crate) fn ts(t: Option<chrono::DateTime<chrono::Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
 }
 
-/// Reads the status from the local database.
+/// Reads the status from the local database, with the default
+/// [`GrowthLimits`].
 ///
 /// Fails when the local database is unreachable or not migrated.
 pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
+    sync_status_with(db, &GrowthLimits::default()).await
+}
+
+/// Reads the status from the local database; `limits` decide its warnings.
+///
+/// Fails when the local database is unreachable or not migrated.
+pub async fn sync_status_with(
+    db: &Databases,
+    limits: &GrowthLimits,
+) -> Result<SyncStatus, DbError> {
     let c = db.local().await?;
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let row = c
@@ -154,7 +220,9 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
             last_success_at: ts(r.get(3)),
         })
         .collect();
+    let warnings = limits.check(backlog.count, backlog.oldest_age_s);
     Ok(SyncStatus {
+        warnings,
         backlog,
         last_runs,
         health: Health {
@@ -166,4 +234,26 @@ pub async fn sync_status(db: &Databases) -> Result<SyncStatus, DbError> {
             failing_meters,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_limits_warn_past_either_threshold_only() {
+        let l = GrowthLimits {
+            rows: 100,
+            age: std::time::Duration::from_secs(60),
+        };
+        assert!(l.check(100, Some(60.0)).is_empty());
+        assert!(l.check(0, None).is_empty());
+        let w = l.check(101, Some(10.0));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("BACKLOG_WARN_ROWS=100"), "{w:?}");
+        let w = l.check(5, Some(61.0));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("BACKLOG_WARN_AGE_S=60"), "{w:?}");
+        assert_eq!(l.check(101, Some(61.0)).len(), 2);
+    }
 }

@@ -31,7 +31,8 @@ impl MeterSyncServer {
         &self,
         Parameters(_): Parameters<NoArgs>,
     ) -> Result<Json<SyncStatus>, String> {
-        crate::status::sync_status(&self.app.db)
+        let limits = crate::status::GrowthLimits::from_config(&self.app.config);
+        crate::status::sync_status_with(&self.app.db, &limits)
             .await
             .map(Json)
             .map_err(|e| e.to_string())
