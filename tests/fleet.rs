@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use metersync::app::App;
+use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use metersync::config::Config;
 
 /// An [`App`] (library, not process) for `env`.
@@ -21,7 +22,6 @@ fn app_for(env: &HashMap<String, String>) -> anyhow::Result<Arc<App>> {
 type SiteRow = (String, String, i64, i32, i32, i32, bool, bool);
 
 /// Polls `f` every 200 ms until it is true or `secs` pass.
-#[allow(dead_code)]
 async fn wait_for<F, Fut>(secs: u64, mut f: F) -> bool
 where
     F: FnMut() -> Fut,
@@ -164,5 +164,222 @@ async fn heartbeat_rows_appear_through_pgbouncer_from_two_sites_at_once() -> any
         .await?,
         1
     );
+    Ok(())
+}
+
+/// `GET http://addr/path` with curl: (status code, body).
+async fn get(addr: &str, path: &str) -> anyhow::Result<(u16, String)> {
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
+        .arg(format!("http://{addr}{path}"))
+        .output()
+        .await?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text
+        .rsplit_once('\n')
+        .ok_or_else(|| anyhow::anyhow!("no status from curl: {text:?}"))?;
+    Ok((code.trim().parse()?, body.to_string()))
+}
+
+/// The scrape, parsed by a Prometheus text parser; every sample line must
+/// be one it understands.
+fn parse_metrics(text: &str) -> anyhow::Result<prometheus_parse::Scrape> {
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        match prometheus_parse::LineInfo::parse(line) {
+            prometheus_parse::LineInfo::Sample { .. } => {}
+            _ => anyhow::bail!("not a sample line: {line:?}"),
+        }
+    }
+    Ok(prometheus_parse::Scrape::parse(
+        text.lines().map(|l| Ok(l.to_string())),
+    )?)
+}
+
+/// The value of `metric` with `label=value` (any labels when `None`).
+fn value(s: &prometheus_parse::Scrape, metric: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == metric && label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .and_then(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// Waits until the scrape satisfies `ok`; returns the last scrape.
+async fn wait_metrics<F>(
+    addr: &str,
+    secs: u64,
+    what: &str,
+    ok: F,
+) -> anyhow::Result<prometheus_parse::Scrape>
+where
+    F: Fn(&prometheus_parse::Scrape) -> bool,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok((200, body)) = get(addr, "/metrics").await {
+            let s = parse_metrics(&body)?;
+            if ok(&s) {
+                return Ok(s);
+            }
+            last = body;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    anyhow::bail!("metrics never showed {what}; last scrape:\n{last}")
+}
+
+#[tokio::test]
+async fn health_and_metrics_follow_a_meter_going_down_and_the_remote_going_away(
+) -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let sim = Simulator::start(vec![
+        SimDeviceConfig::new(7101, "127.0.0.1:0".parse()?),
+        SimDeviceConfig::new(7102, "127.0.0.1:0".parse()?),
+    ])
+    .await?;
+    let remote = w.remote.client().await?;
+    for (i, d) in sim.devices().iter().enumerate() {
+        remote
+            .execute(
+                "INSERT INTO meters (id, site_id, name, device_instance, address, points) VALUES ($1, 'site-m', $2, $3, $4, $5)",
+                &[
+                    &(i as i64 + 1),
+                    &format!("m{i}"),
+                    &(d.instance() as i32),
+                    &d.addr().to_string(),
+                    &standard_points_json(),
+                ],
+            )
+            .await?;
+    }
+    let addr = format!("127.0.0.1:{}", free_port());
+    let mut env = w.env.clone();
+    env.insert("SITE_ID".into(), "site-m".into());
+    env.insert("METRICS_BIND".into(), addr.clone());
+    env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
+    env.insert("BACNET_TIMEOUT_MS".into(), "300".into());
+    env.insert("BACNET_RETRIES".into(), "0".into());
+    env.insert("COLLECT_INTERVAL_S".into(), "1".into());
+    env.insert("UPLOAD_INTERVAL_S".into(), "1".into());
+    env.insert("DOWNLOAD_INTERVAL_S".into(), "3600".into());
+    env.insert("MAX_CONNECTION_RETRIES".into(), "0".into());
+    env.insert("DB_CONNECTION_TIMEOUT_MS".into(), "1000".into());
+    let out = run_cli(&env, &["download-meters"], "fleet-download").await?;
+    assert!(out.ok, "{}", out.stderr);
+
+    let wd = workdir();
+    let (log, log_path) = log_file("fleet-daemon-metrics")?;
+    let mut child = metersync_cmd(&env, wd.path())
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .spawn()?;
+
+    // Both meters up, readings collected and uploaded, remote connected.
+    let up = |s: &prometheus_parse::Scrape, id: &str| {
+        value(s, "metersync_meter_up", Some(("meter_id", id)))
+    };
+    wait_metrics(&addr, 60, "both meters up and readings uploaded", |s| {
+        up(s, "1") == Some(1.0)
+            && up(s, "2") == Some(1.0)
+            && value(s, "metersync_readings_collected_total", None).unwrap_or(0.0) > 0.0
+            && value(s, "metersync_readings_uploaded_total", None).unwrap_or(0.0) > 0.0
+            && value(s, "metersync_db_connected", Some(("side", "remote"))) == Some(1.0)
+            && value(s, "metersync_local_up", None) == Some(1.0)
+    })
+    .await?;
+    let (code, body) = get(&addr, "/health").await?;
+    assert_eq!(code, 200, "{body}");
+    // The heartbeat reached the remote after an upload.
+    assert!(
+        wait_for(30, || async {
+            Ok(count(
+                &remote,
+                "SELECT count(*) FROM site_status WHERE site_id = 'site-m' AND meters_read = 2",
+            )
+            .await?
+                == 1)
+        })
+        .await,
+        "the heartbeat row should appear"
+    );
+
+    // A meter goes down: it shows as down with growing failures.
+    sim.devices()[1].set_dead(true);
+    wait_metrics(
+        &addr,
+        60,
+        "meter 2 down with 2+ consecutive failures",
+        |s| {
+            up(s, "2") == Some(0.0)
+                && value(
+                    s,
+                    "metersync_meter_consecutive_failures",
+                    Some(("meter_id", "2")),
+                )
+                .unwrap_or(0.0)
+                    >= 2.0
+                && up(s, "1") == Some(1.0)
+        },
+    )
+    .await?;
+
+    // The remote goes away: the remote shows disconnected, the backlog grows,
+    // collection (and so /health) goes on.
+    let before = wait_metrics(&addr, 10, "a scrape", |_| true).await?;
+    let uploaded_before = value(&before, "metersync_readings_uploaded_total", None).unwrap_or(0.0);
+    w.remote.stop()?;
+    let s = wait_metrics(&addr, 60, "remote disconnected and a backlog", |s| {
+        value(s, "metersync_db_connected", Some(("side", "remote"))) == Some(0.0)
+            && value(s, "metersync_backlog_rows", None).unwrap_or(0.0) >= 10.0
+            && value(s, "metersync_backlog_oldest_age_seconds", None).unwrap_or(0.0) > 0.0
+            && value(s, "metersync_runs_total", Some(("status", "failed"))).unwrap_or(0.0) > 0.0
+    })
+    .await?;
+    assert!(value(&s, "metersync_readings_uploaded_total", None).unwrap_or(0.0) >= uploaded_before);
+    let (code, body) = get(&addr, "/health").await?;
+    assert_eq!(code, 200, "collection goes on without the remote: {body}");
+
+    // The local database goes away: /health says 503 and why.
+    w.local.stop()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut code, mut last) = (0, String::new());
+    while Instant::now() < deadline && code != 503 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        (code, last) = get(&addr, "/health").await?;
+    }
+    assert_eq!(
+        code, 503,
+        "/health should turn 503 with the local database down: {last}"
+    );
+    assert!(last.contains("local database"), "{last}");
+    let s = wait_metrics(&addr, 30, "local down", |s| {
+        value(s, "metersync_local_up", None) == Some(0.0)
+    })
+    .await?;
+    assert!(
+        value(&s, "metersync_backlog_rows", None).is_some(),
+        "last values are kept"
+    );
+
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+    assert!(status.success(), "clean exit on SIGTERM");
+    let log = std::fs::read_to_string(&log_path)?;
+    assert!(!log.contains(TEST_PASSWORD));
     Ok(())
 }
