@@ -108,7 +108,9 @@ pub struct SiteHealth {
     pub healthy: bool,
     /// Why not, in words (empty when healthy).
     pub problems: Vec<String>,
-    /// Both databases (one attempt each, no retries).
+    /// Both databases (one attempt each, no retries), as `local` and
+    /// `remote` at the top level (the shape `metersync status` always had).
+    #[serde(flatten)]
     pub connections: ConnectionStatus,
     /// Backlog, last runs, meter health and warnings; `None` when the local
     /// database cannot be read.

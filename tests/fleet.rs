@@ -383,3 +383,198 @@ async fn health_and_metrics_follow_a_meter_going_down_and_the_remote_going_away(
     assert!(!log.contains(TEST_PASSWORD));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_backlog_over_the_limits_warns_everywhere_and_drops_nothing() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    seed(&local, 1, 5, 0).await?;
+    let mut env = w.env.clone();
+    env.insert("SITE_ID".into(), "site-w".into());
+    env.insert("BACKLOG_WARN_ROWS".into(), "3".into());
+    env.insert("BACKLOG_WARN_AGE_S".into(), "60".into());
+    let app = app_for(&env)?;
+
+    // sync_status
+    let limits = metersync::status::GrowthLimits::from_config(&app.config);
+    let st = metersync::status::sync_status_with(&app.db, &limits).await?;
+    assert_eq!(st.warnings.len(), 2, "{:?}", st.warnings);
+    assert!(
+        st.warnings[0].contains("BACKLOG_WARN_ROWS=3"),
+        "{:?}",
+        st.warnings
+    );
+    assert!(
+        st.warnings[1].contains("BACKLOG_WARN_AGE_S=60"),
+        "{:?}",
+        st.warnings
+    );
+    // metrics
+    app.metrics.sample(&app).await;
+    let s = parse_metrics(&app.metrics.encode())?;
+    assert_eq!(value(&s, "metersync_backlog_warning", None), Some(1.0));
+    assert_eq!(value(&s, "metersync_backlog_rows", None), Some(5.0));
+    // heartbeat
+    metersync::heartbeat::beat(&app).await?;
+    let remote = w.remote.client().await?;
+    let warnings: Vec<String> = remote
+        .query_one(
+            "SELECT warnings FROM site_status WHERE site_id = 'site-w'",
+            &[],
+        )
+        .await?
+        .try_get(0)?;
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].contains("BACKLOG_WARN_ROWS=3"), "{warnings:?}");
+    assert!(
+        warnings[1].contains("BACKLOG_WARN_AGE_S=60"),
+        "{warnings:?}"
+    );
+    // the CLI twin: warnings in `metersync status`, and nothing dropped
+    let out = run_cli(&env, &["status"], "fleet-status-warn").await?;
+    assert!(out.stdout.contains("BACKLOG_WARN_ROWS=3"), "{}", out.stdout);
+    assert_eq!(
+        count(&local, "SELECT count(*) FROM meter_readings").await?,
+        5
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_journal_is_pruned_by_age_only() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    local
+        .batch_execute(
+            "INSERT INTO sync_runs (kind, started_at, finished_at, status)
+             SELECT 'collect', now() - g * interval '1 day', now() - g * interval '1 day', 'ok'
+             FROM generate_series(0, 44) g",
+        )
+        .await?;
+    let app = app_for(&w.env)?;
+    let r = metersync::prune::prune_journal(&app.db, Duration::from_secs(30 * 86_400)).await?;
+    // Days 31..44 are older than 30 days (day 30 is on the edge: kept or not
+    // by a few ms, so it is not asserted).
+    assert!(r.sync_runs_deleted >= 14, "{r:?}");
+    assert_eq!(
+        count(
+            &local,
+            "SELECT count(*) FROM sync_runs WHERE started_at > now() - interval '29 days'"
+        )
+        .await?,
+        29,
+        "recent runs are kept"
+    );
+    assert_eq!(
+        count(
+            &local,
+            "SELECT count(*) FROM sync_runs WHERE started_at < now() - interval '31 days'"
+        )
+        .await?,
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_quiet_daemon_closes_its_idle_remote_connections() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    seed(&local, 1, 100, 0).await?;
+    let mut env = w.env.clone();
+    env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
+    env.insert("COLLECT_INTERVAL_S".into(), "3600".into());
+    env.insert("UPLOAD_INTERVAL_S".into(), "3600".into());
+    env.insert("DOWNLOAD_INTERVAL_S".into(), "3600".into());
+    env.insert("DB_POOL_IDLE_TIMEOUT_MS".into(), "1000".into());
+    let wd = workdir();
+    let (log, _log_path) = log_file("fleet-daemon-reaper")?;
+    let mut child = metersync_cmd(&env, wd.path())
+        .arg("run")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(log))
+        .spawn()?;
+    let remote = w.remote.client().await?;
+    let theirs = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'metersync'";
+    // The first upload (and download, and heartbeat) used the remote...
+    assert!(
+        wait_for(30, || async {
+            Ok(
+                count(&remote, "SELECT count(*) FROM meter_readings").await? == 100
+                    && count(&remote, "SELECT count(*) FROM site_status").await? == 1,
+            )
+        })
+        .await,
+        "the first upload and heartbeat should reach the remote"
+    );
+    // ...then, with nothing to do for an hour, its connections are closed.
+    assert!(
+        wait_for(30, || async { Ok(count(&remote, theirs).await? == 0) }).await,
+        "idle remote connections should be closed; still open: {}",
+        count(&remote, theirs).await?
+    );
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(pid as i32, libc::SIGTERM);
+        }
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await??;
+    assert!(status.success());
+    Ok(())
+}
+
+#[tokio::test]
+async fn status_shows_the_site_and_its_exit_code_follows_health() -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let local = w.local.client().await?;
+    seed(&local, 1, 4, 0).await?;
+    local
+        .batch_execute(
+            "INSERT INTO sync_runs (kind, finished_at, status, counts)
+             VALUES ('upload', now(), 'ok', '{\"uploaded\": 7}')",
+        )
+        .await?;
+    let out = run_cli(&w.env, &["status"], "fleet-status-ok").await?;
+    assert!(out.ok, "healthy site, exit 0: {}", out.stderr);
+    let s: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(s["healthy"], true, "{s}");
+    assert_eq!(s["local"]["connected"], true, "{s}");
+    assert_eq!(s["remote"]["connected"], true, "{s}");
+    assert_eq!(s["sync"]["backlog"]["count"], 4, "{s}");
+    assert_eq!(s["sync"]["health"]["healthy"], 1, "{s}");
+    assert_eq!(s["sync"]["last_runs"][0]["kind"], "upload", "{s}");
+
+    // Collection failing: every meter read is failing.
+    local
+        .batch_execute("UPDATE meter_health SET consecutive_failures = 3, last_error = 'timeout'")
+        .await?;
+    let out = run_cli(&w.env, &["status"], "fleet-status-failing").await?;
+    assert!(!out.ok, "failing collection, non-zero exit");
+    assert!(
+        out.stdout.contains("collection is failing"),
+        "{}",
+        out.stdout
+    );
+    local
+        .batch_execute("UPDATE meter_health SET consecutive_failures = 0")
+        .await?;
+
+    // A configured side down: non-zero, and the JSON says which.
+    w.remote.stop()?;
+    let out = run_cli(&w.env, &["status"], "fleet-status-remote-down").await?;
+    assert!(!out.ok, "remote down, non-zero exit");
+    let s: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(s["remote"]["connected"], false, "{s}");
+    assert_eq!(
+        s["sync"]["backlog"]["count"], 4,
+        "local state still shown: {s}"
+    );
+    assert!(
+        out.stderr.contains("remote database is not connected"),
+        "{}",
+        out.stderr
+    );
+    Ok(())
+}
