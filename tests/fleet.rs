@@ -578,3 +578,120 @@ async fn status_shows_the_site_and_its_exit_code_follows_health() -> anyhow::Res
     );
     Ok(())
 }
+
+/// The README's recipe for a time-partitioned central `meter_readings`
+/// (monthly partitions pre-created, a DEFAULT partition, BRIN on
+/// recorded_at) and the least-privilege role it documents for a site.
+const PARTITIONED: &str = "
+DROP TABLE meter_readings;
+CREATE TABLE meter_readings (
+    meter_id     bigint NOT NULL,
+    point        text NOT NULL,
+    recorded_at  timestamptz NOT NULL,
+    value        double precision NOT NULL,
+    unit         text,
+    site_id      text,
+    uploaded_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (meter_id, point, recorded_at)
+) PARTITION BY RANGE (recorded_at);
+CREATE TABLE meter_readings_2026_01 PARTITION OF meter_readings
+    FOR VALUES FROM ('2026-01-01 00:00+00') TO ('2026-02-01 00:00+00');
+CREATE TABLE meter_readings_2026_02 PARTITION OF meter_readings
+    FOR VALUES FROM ('2026-02-01 00:00+00') TO ('2026-03-01 00:00+00');
+CREATE TABLE meter_readings_default PARTITION OF meter_readings DEFAULT;
+CREATE INDEX meter_readings_recorded_at_brin ON meter_readings USING brin (recorded_at);
+
+CREATE ROLE site_a LOGIN PASSWORD 'Tst-pw-9f3k2ZQx';
+GRANT SELECT ON tenants, meters TO site_a;
+GRANT INSERT ON meter_readings TO site_a;
+GRANT SELECT, INSERT, UPDATE ON site_status TO site_a;
+";
+
+#[tokio::test]
+async fn upload_and_heartbeat_into_a_partitioned_central_table_with_a_least_privilege_role(
+) -> anyhow::Result<()> {
+    let w = World::start().await?;
+    let remote = w.remote.client().await?;
+    remote.batch_execute(PARTITIONED).await?;
+    let local = w.local.client().await?;
+    // 2 days of January, 2 of February, and 2 in a month with no partition
+    // yet (they land in DEFAULT), 10 meters, one reading an hour.
+    local
+        .batch_execute(
+            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+             SELECT m, 'energy_kwh', d + h * interval '1 hour', m * 1000 + h, 'kWh'
+             FROM generate_series(1, 10) m,
+                  unnest(array[timestamptz '2026-01-30 00:00+00', '2026-02-10 00:00+00',
+                               '2026-07-01 00:00+00']) d,
+                  generate_series(0, 47) h",
+        )
+        .await?;
+    let total = count(&local, "SELECT count(*) FROM meter_readings").await?;
+    assert_eq!(total, 10 * 3 * 48);
+    let mut env = w.env.clone();
+    env.insert("POSTGRES_CLIENT_USER".into(), "site_a".into());
+    env.insert("SITE_ID".into(), "site-a".into());
+    env.insert("UPLOAD_BATCH_SIZE".into(), "500".into());
+    let out = run_cli(&env, &["upload"], "fleet-partitioned-upload").await?;
+    assert!(out.ok, "{}", out.stderr);
+    let per = |p: &'static str| format!("SELECT count(*) FROM {p}");
+    assert_eq!(count(&remote, &per("meter_readings")).await?, total);
+    // 2026-01-30..31 and 2026-02-01 (first day of February) split by month.
+    assert_eq!(
+        count(&remote, &per("meter_readings_2026_01")).await?,
+        10 * 48
+    );
+    assert_eq!(
+        count(&remote, &per("meter_readings_2026_02")).await?,
+        10 * 48
+    );
+    assert_eq!(
+        count(&remote, &per("meter_readings_default")).await?,
+        10 * 48
+    );
+    assert_eq!(
+        count(&local, "SELECT count(*) FROM meter_readings").await?,
+        0
+    );
+
+    // A re-send (rows the remote already holds, in every partition, among
+    // new ones) is absorbed by the primary key across partitions.
+    local
+        .batch_execute(
+            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+             SELECT m, 'energy_kwh', d + h * interval '1 hour', m * 1000 + h, 'kWh'
+             FROM generate_series(1, 10) m,
+                  unnest(array[timestamptz '2026-01-31 00:00+00', '2026-02-11 00:00+00',
+                               '2026-07-02 00:00+00']) d,
+                  generate_series(0, 47) h",
+        )
+        .await?;
+    let out = run_cli(&env, &["upload"], "fleet-partitioned-resend").await?;
+    assert!(out.ok, "{}", out.stderr);
+    let r: serde_json::Value = serde_json::from_str(&out.stdout)?;
+    assert_eq!(r["already_present"], 10 * 3 * 24, "{r}");
+    assert_eq!(r["uploaded"], 10 * 3 * 24, "{r}");
+    assert_eq!(
+        count(&remote, &per("meter_readings")).await?,
+        total + 10 * 3 * 24,
+        "nothing doubled"
+    );
+    let dup = "SELECT count(*) FROM (SELECT 1 FROM meter_readings
+               GROUP BY meter_id, point, recorded_at HAVING count(*) > 1) d";
+    assert_eq!(count(&remote, dup).await?, 0);
+
+    // The same role sends the heartbeat: an upsert needs SELECT, INSERT and
+    // UPDATE on site_status (ON CONFLICT DO UPDATE reads the row it updates).
+    let app = app_for(&env)?;
+    metersync::heartbeat::beat(&app).await?;
+    metersync::heartbeat::beat(&app).await?;
+    assert_eq!(
+        count(
+            &remote,
+            "SELECT count(*) FROM site_status WHERE site_id = 'site-a'"
+        )
+        .await?,
+        1
+    );
+    Ok(())
+}
