@@ -36,6 +36,7 @@ async fn connect(port: u16, db: &str) -> Result<tokio_postgres::Client> {
         .user("postgres")
         .password(PASSWORD)
         .dbname(db)
+        .application_name("bench_fleet")
         .connect_timeout(Duration::from_secs(5))
         .connect(tokio_postgres::NoTls)
         .await?;
@@ -118,7 +119,8 @@ async fn raw_stream(local: u16, pooler: u16, i: usize) -> Result<u64> {
 }
 
 /// Peak connections while it runs: server connections on the remote
-/// (`pg_stat_activity`, read directly) and clients on the pooler (`SHOW
+/// (`pg_stat_activity`, read directly, the benchmark's own direct
+/// connections excluded) and clients on the pooler (`SHOW
 /// POOLS`). Survives a remote restart by reconnecting.
 struct Peaks {
     server: AtomicI64,
@@ -140,7 +142,7 @@ async fn watch(peaks: Arc<Peaks>, remote: u16, pooler: u16) {
             match count(
                 c,
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()",
+                 WHERE backend_type = 'client backend' AND application_name <> 'bench_fleet'",
             )
             .await
             {
@@ -204,7 +206,11 @@ async fn main() -> Result<()> {
     metersync::logging::init();
     let args: Vec<String> = std::env::args().collect();
     let n: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(20);
-    let rows: i64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20_000);
+    let rows: i64 = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20_000);
     let pool: u32 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(10);
     let batch = 5_000;
     eprintln!(

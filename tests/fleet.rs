@@ -297,6 +297,13 @@ async fn health_and_metrics_follow_a_meter_going_down_and_the_remote_going_away(
             && value(s, "metersync_local_up", None) == Some(1.0)
     })
     .await?;
+    if let Ok((_, sample)) = get(&addr, "/metrics").await {
+        // Kept for the README's sample.
+        let _ = std::fs::write(
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sample-metrics.txt"),
+            sample,
+        );
+    }
     let (code, body) = get(&addr, "/health").await?;
     assert_eq!(code, 200, "{body}");
     // The heartbeat reached the remote after an upload.

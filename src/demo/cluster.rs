@@ -253,14 +253,18 @@ impl Pooler {
         pool_size: u32,
         max_clients: u32,
     ) -> Result<Self, ClusterError> {
-        let bin = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer", "/usr/local/bin/pgbouncer"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .ok_or_else(|| ClusterError::Command {
-                what: "pgbouncer".into(),
-                detail: "not installed: apt-get install -y pgbouncer".into(),
-            })?;
+        let bin = [
+            "/usr/sbin/pgbouncer",
+            "/usr/bin/pgbouncer",
+            "/usr/local/bin/pgbouncer",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ClusterError::Command {
+            what: "pgbouncer".into(),
+            detail: "not installed: apt-get install -y pgbouncer".into(),
+        })?;
         let root = tempfile::Builder::new()
             .prefix("metersync-pgb-")
             .tempdir()?;
