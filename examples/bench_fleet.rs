@@ -29,14 +29,21 @@ use tokio_util::sync::CancellationToken;
 
 const PASSWORD: &str = "bench-fleet-pw-5521";
 
+/// A connection as `postgres`; `application_name` is `bench_direct` (the
+/// watcher leaves those out; PgBouncer passes a client's name on to the
+/// server connection it lends, so pooled ones are named by their client).
 async fn connect(port: u16, db: &str) -> Result<tokio_postgres::Client> {
+    connect_as(port, db, "bench_direct").await
+}
+
+async fn connect_as(port: u16, db: &str, app: &str) -> Result<tokio_postgres::Client> {
     let (c, conn) = tokio_postgres::Config::new()
         .host("127.0.0.1")
         .port(port)
         .user("postgres")
         .password(PASSWORD)
         .dbname(db)
-        .application_name("bench_fleet")
+        .application_name(app)
         .connect_timeout(Duration::from_secs(5))
         .connect(tokio_postgres::NoTls)
         .await?;
@@ -97,7 +104,7 @@ async fn seed(local: u16, i: usize, rows: i64, round: i64) -> Result<()> {
 /// through the pooler.
 async fn raw_stream(local: u16, pooler: u16, i: usize) -> Result<u64> {
     let l = connect(local, &site_db(i)).await?;
-    let mut r = connect(pooler, "postgres").await?;
+    let mut r = connect_as(pooler, "postgres", "bench_raw").await?;
     let tx = r.transaction().await?;
     let out = l
         .copy_out(&format!(
@@ -142,7 +149,7 @@ async fn watch(peaks: Arc<Peaks>, remote: u16, pooler: u16) {
             match count(
                 c,
                 "SELECT count(*) FROM pg_stat_activity
-                 WHERE backend_type = 'client backend' AND application_name <> 'bench_fleet'",
+                 WHERE backend_type = 'client backend' AND application_name <> 'bench_direct'",
             )
             .await
             {
@@ -235,6 +242,8 @@ async fn main() -> Result<()> {
         .collect::<Result<_>>()?;
     for a in &apps {
         metersync::migrate::migrate(&a.db).await?;
+        // Close the connections migrate left idle (the daemon's reaper would).
+        a.db.reap_idle(Duration::ZERO);
     }
     let rc = connect(remote.port, "postgres").await?;
     rc.batch_execute("CREATE TABLE raw_readings (LIKE meter_readings INCLUDING ALL)")
