@@ -37,6 +37,10 @@ use crate::status::GrowthLimits;
 /// How often the sampler refreshes the registry.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
+/// How long one sample may wait for the local database before
+/// `metersync_local_up` says 0.
+pub const SAMPLE_DEADLINE: Duration = Duration::from_secs(5);
+
 /// `{kind="upload"}`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabel {
@@ -513,8 +517,13 @@ impl Metrics {
             self.record_snapshot(&snap);
             self.record_meters(app).await?;
             Ok::<_, DbError>(snap)
-        }
-        .await;
+        };
+        // The pool's retry policy could hold a sample for a minute while the
+        // local database is down; the gauge must say so sooner.
+        let local = match tokio::time::timeout(SAMPLE_DEADLINE, local).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {} s", SAMPLE_DEADLINE.as_secs())),
+        };
         match local {
             Ok(snap) => {
                 self.local_up.set(1);

@@ -702,3 +702,28 @@ async fn upload_and_heartbeat_into_a_partitioned_central_table_with_a_least_priv
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_metrics_sample_says_local_down_within_its_deadline_despite_the_retry_policy(
+) -> anyhow::Result<()> {
+    // Nothing listens on this port; the production retry policy (5 retries,
+    // 2 s .. 32 s apart) would hold a sample for about a minute.
+    let mut env = base_env();
+    env.extend(env_for("SYNC", free_port()));
+    env.insert("MAX_CONNECTION_RETRIES".into(), "5".into());
+    let app = app_for(&env)?;
+    let t = Instant::now();
+    app.metrics.sample(&app).await;
+    let took = t.elapsed();
+    assert!(
+        took < metersync::metrics::SAMPLE_DEADLINE + Duration::from_secs(3),
+        "the sample took {took:?}"
+    );
+    let s = parse_metrics(&app.metrics.encode())?;
+    assert_eq!(value(&s, "metersync_local_up", None), Some(0.0));
+    assert_eq!(
+        value(&s, "metersync_db_connected", Some(("side", "local"))),
+        Some(0.0)
+    );
+    Ok(())
+}
