@@ -1,5 +1,5 @@
 //! The site heartbeat: one row per site in the remote `site_status` table
-//! (remote migration `0002_site_status`), upserted after every upload and at
+//! (remote migration `0002_site_status`), upserted after every successful upload and at
 //! least every [`HEARTBEAT_EVERY`] while the remote is reachable, so that an
 //! operator sees the whole fleet with one query (README, "The fleet at a
 //! glance").
@@ -285,13 +285,15 @@ pub async fn beat_and_log(app: &App) {
     }
 }
 
-/// The largest `sync_runs.id` of a finished upload, or 0.
+/// The largest `sync_runs.id` of a successful upload, or 0 (a failed one
+/// changed nothing remotely, and while the remote is down a heartbeat per
+/// failed tick would only add connection errors to the logs).
 async fn last_upload_id(db: &Databases) -> Result<i64, DbError> {
     let c = db.local().await?;
     let row = c
         .query_one(
             "SELECT coalesce(max(id), 0) FROM sync_runs
-             WHERE kind = 'upload' AND finished_at IS NOT NULL",
+             WHERE kind = 'upload' AND status = 'ok'",
             &[],
         )
         .await
@@ -299,8 +301,8 @@ async fn last_upload_id(db: &Databases) -> Result<i64, DbError> {
     row.try_get(0).map_err(|e| DbError::query(Side::Local, &e))
 }
 
-/// The daemon's heartbeat task: a heartbeat now, after every upload that
-/// finishes (any front end's, seen in the `sync_runs` journal), and at
+/// The daemon's heartbeat task: a heartbeat now, after every successful
+/// upload (any front end's, seen in the `sync_runs` journal), and at
 /// least every [`HEARTBEAT_EVERY`], until `shutdown`. A failure is logged
 /// once at WARN, then at DEBUG until a heartbeat succeeds again.
 pub async fn run(app: Arc<App>, shutdown: CancellationToken) {
