@@ -67,6 +67,8 @@ pub struct App {
     pub config: Config,
     /// Both database pools.
     pub db: Databases,
+    /// The Prometheus registry the daemon serves on `/metrics`.
+    pub metrics: crate::metrics::Metrics,
     /// The BACnet/IP client, bound on first use (BACNET_BIND).
     bacnet: OnceCell<Arc<UdpClient>>,
     /// The collector's memory across runs (last meter list, held readings).
@@ -82,6 +84,7 @@ impl App {
         Ok(Arc::new(App {
             config,
             db,
+            metrics: crate::metrics::Metrics::new(),
             bacnet: OnceCell::new(),
             collect_buffer: CollectBuffer::new(),
         }))
@@ -122,6 +125,11 @@ impl App {
             }
         }
         Ok(())
+    }
+
+    /// The BACnet client's counters, if its socket is bound.
+    pub fn bacnet_stats(&self) -> Option<crate::bacnet::ClientStats> {
+        self.bacnet.get().map(|c| c.stats())
     }
 
     /// The shared BACnet client, binding its socket on first use.

@@ -46,7 +46,9 @@ enum Command {
     /// Verify the remote's tables, key columns and grants (no DDL); prints
     /// each check as JSON, exits non-zero if one fails.
     Check,
-    /// Print both databases' connection status as JSON (one attempt, no retries).
+    /// Print the site's health as JSON: both databases (one attempt, no
+    /// retries), backlog, last runs, meter health and warnings. Exits non-zero
+    /// when a configured database is not connected or collection is failing.
     Status,
     /// Download the tenants in scope (SITE_ID) into the local copy; print the report as JSON.
     DownloadTenants {
@@ -266,9 +268,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status => {
             let app = load()?;
-            let status = app.db.status().await;
-            print_json(&status)?;
+            let health = metersync::health::site_health(&app).await;
+            print_json(&health)?;
             app.db.close();
+            if !health.healthy {
+                anyhow::bail!("unhealthy: {}", health.problems.join("; "));
+            }
         }
         Command::DownloadTenants { dry_run } => {
             download(Table::Tenants, dry_run).await?;

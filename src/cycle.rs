@@ -110,6 +110,11 @@ pub async fn run_cycle(
     } else {
         Step::from(crate::upload::upload(app, UploadOptions::default(), &NoProgress, cancel).await)
     };
+    if upload.ok {
+        // The site's row in the remote site_status; its failure is logged,
+        // never the cycle's.
+        crate::heartbeat::beat_and_log(app).await;
+    }
     progress.update(4, Some(4), "cycle finished");
     let ok = download_tenants.ok && download_meters.ok && collect.ok && upload.ok;
     CycleReport {

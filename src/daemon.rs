@@ -156,7 +156,9 @@ pub async fn run(app: Arc<App>) {
             }
         },
     );
+    let fleet = crate::health::spawn_background(&app, &shutdown).await;
     tokio::join!(collect, upload, download);
+    crate::health::join_background(fleet).await;
     app.db.close();
     tracing::info!("daemon stopped");
 }

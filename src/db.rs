@@ -418,6 +418,23 @@ pub struct PoolStatus {
     pub waiting: usize,
 }
 
+/// One pool after [`Databases::reap_idle`], read without connecting.
+#[derive(Debug, Clone)]
+pub struct PoolState {
+    /// Which database.
+    pub side: Side,
+    /// Idle connections this reap closed.
+    pub closed: usize,
+    /// Connections open now.
+    pub size: usize,
+    /// Of them, checked out.
+    pub in_use: usize,
+    /// Connection retries since the process started.
+    pub retries: u64,
+    /// The last connection error, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
 /// What one database looks like right now.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 pub struct DbStatus {
@@ -672,6 +689,30 @@ impl Databases {
             last_error: h.last_error.lock().ok().and_then(|g| g.clone()),
             outage: h.health.outage(),
         }
+    }
+
+    /// The idle-connection reaper's step: closes the connections of both
+    /// pools that nobody has used for longer than `idle` (a daemon would
+    /// otherwise keep its remote connections, and a pooler's client slots,
+    /// forever), and reports what each pool holds after. Connects nothing;
+    /// the metrics read the pools through it.
+    pub fn reap_idle(&self, idle: Duration) -> Vec<PoolState> {
+        std::iter::once(&self.local)
+            .chain(self.remote.as_ref())
+            .map(|h| {
+                let before = h.pool.status().size;
+                h.pool.retain(|_, m| m.last_used() < idle);
+                let st = h.pool.status();
+                PoolState {
+                    side: h.side,
+                    closed: before.saturating_sub(st.size),
+                    size: st.size,
+                    in_use: st.size.saturating_sub(st.available),
+                    retries: h.retries.load(Ordering::Relaxed),
+                    last_error: h.last_error.lock().ok().and_then(|g| g.clone()),
+                }
+            })
+            .collect()
     }
 
     /// Closes both pools: connections in use are closed when returned, new

@@ -39,6 +39,11 @@
 //! - [`collect_buffer`]: the collector's memory through a local outage.
 //! - [`demo`]: `metersync demo`, a whole site on loopback.
 //! - [`logging`]: `tracing` to stderr, level settable over MCP.
+//! - [`heartbeat`]: the site's row in the remote `site_status` table.
+//! - [`metrics`]: the Prometheus registry and its sampler.
+//! - [`health`]: `/health` and `/metrics` over HTTP, the systemd watchdog,
+//!   and the site health `metersync status` reports.
+//! - [`prune`]: bounded growth: the journal pruned by age, idle connections closed.
 
 pub mod app;
 pub mod availability;
@@ -52,14 +57,18 @@ pub mod db;
 pub mod demo;
 pub mod download;
 pub mod fault;
+pub mod health;
+pub mod heartbeat;
 pub mod logging;
 pub mod mcp;
 pub mod meter_def;
 pub mod meters;
+pub mod metrics;
 pub mod migrate;
 pub mod progress;
 pub mod quarantine;
 pub mod readings;
+pub mod prune;
 pub mod retry;
 pub mod runs;
 pub mod shutdown;

@@ -52,10 +52,16 @@ pub const LOCAL: &[Migration] = &[
 ];
 
 /// The remote database's migrations, in order.
-pub const REMOTE: &[Migration] = &[Migration {
-    version: "0001_init",
-    sql: include_str!("../migrations/remote/0001_init.sql"),
-}];
+pub const REMOTE: &[Migration] = &[
+    Migration {
+        version: "0001_init",
+        sql: include_str!("../migrations/remote/0001_init.sql"),
+    },
+    Migration {
+        version: "0002_site_status",
+        sql: include_str!("../migrations/remote/0002_site_status.sql"),
+    },
+];
 
 /// What `migrate` did on one side.
 #[derive(Debug, Clone, Serialize, schemars::JsonSchema)]

@@ -115,6 +115,61 @@ pub struct SyncStatus {
     pub skipped_rows: Vec<SkippedRow>,
     /// Meter health.
     pub health: Health,
+    /// Backlog over `BACKLOG_WARN_ROWS` or older than `BACKLOG_WARN_AGE_S`
+    /// (nothing is ever dropped; this says the remote is not keeping up).
+    pub warnings: Vec<String>,
+}
+
+/// The backlog thresholds (`BACKLOG_WARN_ROWS`, `BACKLOG_WARN_AGE_S`): past
+/// either, status, metrics, logs and the heartbeat carry a warning. They
+/// never drop a reading.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GrowthLimits {
+    /// Rows waiting for upload before a warning.
+    pub rows: u64,
+    /// Age of the oldest waiting reading before a warning.
+    pub age: std::time::Duration,
+}
+
+impl Default for GrowthLimits {
+    fn default() -> Self {
+        GrowthLimits {
+            rows: 1_000_000,
+            age: std::time::Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl GrowthLimits {
+    /// The limits the configuration sets.
+    pub fn from_config(c: &crate::config::Config) -> Self {
+        GrowthLimits {
+            rows: c.backlog_warn_rows,
+            age: c.backlog_warn_age,
+        }
+    }
+
+    /// The warnings a backlog of `rows` whose oldest reading is `oldest_age_s`
+    /// old deserves (empty when within limits).
+    pub fn check(&self, rows: i64, oldest_age_s: Option<f64>) -> Vec<String> {
+        let mut w = Vec::new();
+        if rows.max(0) as u64 > self.rows {
+            w.push(format!(
+                "backlog of {rows} readings is over BACKLOG_WARN_ROWS={}: the remote is not keeping up (nothing is dropped)",
+                self.rows
+            ));
+        }
+        if let Some(age) = oldest_age_s {
+            if age > self.age.as_secs_f64() {
+                w.push(format!(
+                    "oldest reading waiting for upload is {:.0} s old, over BACKLOG_WARN_AGE_S={} (nothing is dropped)",
+                    age,
+                    self.age.as_secs()
+                ));
+            }
+        }
+        w
+    }
 }
 
 /// The skipped rows recorded by the last `download_*` runs (their
@@ -166,11 +221,27 @@ fn failing_cursor(c: &str) -> Result<(i32, i64), StatusError> {
     ))
 }
 
-/// Reads the status from the local database, with one page of failing meters.
+/// Reads the status from the local database, with the first page of
+/// failing meters; `limits` decide its warnings.
+///
+/// Fails when the local database is unreachable or not migrated.
+pub async fn sync_status_with(
+    db: &Databases,
+    limits: &GrowthLimits,
+) -> Result<SyncStatus, StatusError> {
+    sync_status(db, &FailingPage::default(), limits).await
+}
+
+/// Reads the status from the local database, with one page of failing
+/// meters; `limits` decide its warnings.
 ///
 /// Fails on a bad page argument, or when the local database is unreachable
 /// or not migrated.
-pub async fn sync_status(db: &Databases, page: &FailingPage) -> Result<SyncStatus, StatusError> {
+pub async fn sync_status(
+    db: &Databases,
+    page: &FailingPage,
+    limits: &GrowthLimits,
+) -> Result<SyncStatus, StatusError> {
     let limit = page.limit.unwrap_or(FAILING_LIST_CAP as i64);
     if !(1..=FAILING_MAX_LIMIT).contains(&limit) {
         return Err(StatusError::Argument(format!(
@@ -277,7 +348,9 @@ pub async fn sync_status(db: &Databases, page: &FailingPage) -> Result<SyncStatu
         .then(|| failing_meters.last())
         .flatten()
         .map(|f| format!("f1.{}.{}", f.consecutive_failures, f.meter_id));
+    let warnings = limits.check(backlog.count, backlog.oldest_age_s);
     Ok(SyncStatus {
+        warnings,
         backlog,
         last_runs,
         skipped_rows,
@@ -291,4 +364,26 @@ pub async fn sync_status(db: &Databases, page: &FailingPage) -> Result<SyncStatu
             failing_meters,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_limits_warn_past_either_threshold_only() {
+        let l = GrowthLimits {
+            rows: 100,
+            age: std::time::Duration::from_secs(60),
+        };
+        assert!(l.check(100, Some(60.0)).is_empty());
+        assert!(l.check(0, None).is_empty());
+        let w = l.check(101, Some(10.0));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("BACKLOG_WARN_ROWS=100"), "{w:?}");
+        let w = l.check(5, Some(61.0));
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("BACKLOG_WARN_AGE_S=60"), "{w:?}");
+        assert_eq!(l.check(101, Some(61.0)).len(), 2);
+    }
 }

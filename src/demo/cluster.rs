@@ -230,3 +230,83 @@ impl Drop for Cluster {
         let _ = self.stop();
     }
 }
+
+/// PgBouncer (1.18 or later) in `pool_mode = transaction` in front of a
+/// cluster, the way Supabase's port 6543 works: for tests and benchmarks
+/// that need the pooler (one copy of its setup). Stopped when dropped.
+pub struct Pooler {
+    root: tempfile::TempDir,
+    /// Its TCP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Pooler {
+    /// Starts PgBouncer on a free port in front of `127.0.0.1:target_port`,
+    /// for user `postgres` with `password`, with `pool_size` server
+    /// connections per database and room for `max_clients` clients. The
+    /// `postgres` user may also use the admin console (`SHOW POOLS`).
+    ///
+    /// Fails when PgBouncer is not installed or does not start listening.
+    pub fn start(
+        target_port: u16,
+        password: &str,
+        pool_size: u32,
+        max_clients: u32,
+    ) -> Result<Self, ClusterError> {
+        let bin = [
+            "/usr/sbin/pgbouncer",
+            "/usr/bin/pgbouncer",
+            "/usr/local/bin/pgbouncer",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .ok_or_else(|| ClusterError::Command {
+            what: "pgbouncer".into(),
+            detail: "not installed: apt-get install -y pgbouncer".into(),
+        })?;
+        let root = tempfile::Builder::new()
+            .prefix("metersync-pgb-")
+            .tempdir()?;
+        let port = free_port();
+        let d = root.path().display();
+        std::fs::write(
+            root.path().join("pgbouncer.ini"),
+            format!(
+                "[databases]\n* = host=127.0.0.1 port={target_port}\n\n[pgbouncer]\n\
+                 listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n\
+                 auth_type = plain\nauth_file = {d}/userlist.txt\nadmin_users = postgres\n\
+                 pool_mode = transaction\nmax_client_conn = {max_clients}\n\
+                 default_pool_size = {pool_size}\nlogfile = {d}/pgbouncer.log\n\
+                 pidfile = {d}/pgbouncer.pid\nserver_reset_query =\n\
+                 ignore_startup_parameters = extra_float_digits,application_name\n"
+            ),
+        )?;
+        std::fs::write(
+            root.path().join("userlist.txt"),
+            format!("\"postgres\" \"{password}\"\n"),
+        )?;
+        chown_pg(root.path())?;
+        let mut cmd = as_pg_user(&bin);
+        cmd.arg("-d").arg(root.path().join("pgbouncer.ini"));
+        run_ok(cmd, "pgbouncer -d")?;
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(Pooler { root, port });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Err(ClusterError::Command {
+            what: "pgbouncer".into(),
+            detail: format!("did not start listening on {port}"),
+        })
+    }
+}
+
+impl Drop for Pooler {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.root.path().join("pgbouncer.pid")) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}

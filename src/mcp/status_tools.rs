@@ -56,7 +56,8 @@ impl MeterSyncServer {
             limit: a.failing_limit,
             cursor: a.failing_cursor,
         };
-        crate::status::sync_status(&self.app.db, &page)
+        let limits = crate::status::GrowthLimits::from_config(&self.app.config);
+        crate::status::sync_status(&self.app.db, &page, &limits)
             .await
             .map(Json)
             .map_err(|e| e.to_string())
