@@ -63,6 +63,7 @@ fn config(timeout_ms: u64, retries: u32) -> BacnetConfig {
         bind: SocketAddr::from(([127, 0, 0, 1], 0)),
         timeout: Duration::from_millis(timeout_ms),
         retries,
+        ..BacnetConfig::default()
     }
 }
 
@@ -85,7 +86,7 @@ async fn start(
         .devices()
         .iter()
         .map(|d| Device {
-            addr: d.addr(),
+            addr: d.addr().into(),
             instance: d.instance(),
         })
         .collect();

@@ -43,6 +43,9 @@ impl App {
                     bind: self.config.bacnet_bind,
                     timeout: self.config.bacnet_timeout,
                     retries: self.config.bacnet_retries,
+                    concurrency: self.config.collect_concurrency,
+                    bbmd: self.config.bacnet_bbmd,
+                    bbmd_ttl: self.config.bacnet_bbmd_ttl,
                 };
                 UdpClient::bind(cfg).await.map(Arc::new)
             })

@@ -209,6 +209,11 @@ pub struct Config {
     pub download_interval: Duration,
     /// `METERSYNC_READ_ONLY`: serve only the tools that write nothing.
     pub read_only: bool,
+    /// `BACNET_BBMD`: the BBMD to register with as a foreign device (IPv4
+    /// `host[:port]`, port 47808 by default); unset = no registration.
+    pub bacnet_bbmd: Option<std::net::SocketAddr>,
+    /// `BACNET_BBMD_TTL_S`: the registration's time-to-live (default 300, 10..=65535).
+    pub bacnet_bbmd_ttl: std::time::Duration,
 }
 
 /// A source of variables: the process environment, or a map in tests.
@@ -403,6 +408,29 @@ impl Config {
                 "seconds, from 1 to 86400",
             )?),
             read_only: parse_bool(vars, "METERSYNC_READ_ONLY")?,
+            bacnet_bbmd: match vars.get("BACNET_BBMD") {
+                None => None,
+                Some(v) => Some(
+                    crate::bacnet::parse_address(&v)
+                        .ok()
+                        .filter(|a| a.route.is_none())
+                        .map(|a| a.ip)
+                        .ok_or(ConfigError::Invalid {
+                            var: "BACNET_BBMD",
+                            value: v,
+                            expects:
+                                "an IPv4 address with an optional port, such as 192.168.2.1:47808",
+                        })?,
+                ),
+            },
+            bacnet_bbmd_ttl: Duration::from_secs(parse_range(
+                vars,
+                "BACNET_BBMD_TTL_S",
+                300,
+                10,
+                65_535,
+                "seconds, from 10 to 65535",
+            )?),
         })
     }
 
@@ -447,6 +475,8 @@ impl Config {
                 "bind": self.bacnet_bind.to_string(),
                 "timeout_ms": self.bacnet_timeout.as_millis() as u64,
                 "retries": self.bacnet_retries,
+                "bbmd": self.bacnet_bbmd.map(|b| b.to_string()),
+                "bbmd_ttl_s": self.bacnet_bbmd_ttl.as_secs(),
             },
             "collect_concurrency": self.collect_concurrency,
             "upload_batch_size": self.upload_batch_size,

@@ -1,9 +1,15 @@
 //! [`UdpClient`]: the tokio implementation of [`BacnetClient`].
 //!
-//! One UDP socket serves every request. A background task receives all
+//! One UDP socket serves every request; its receive buffer (SO_RCVBUF) is
+//! sized for `COLLECT_CONCURRENCY` replies arriving at once, and the kernel's
+//! drops on it are counted in [`ClientStats`]. A background task receives all
 //! datagrams and hands each reply to the request waiting for it, matched by
-//! (peer address, invoke id) and service, so concurrent reads of many devices
-//! never take each other's replies. Each device has a lock held for the whole
+//! (device address, invoke id) and service, where a routed device's address
+//! includes the network and MAC its router names in SNET/SADR; so concurrent
+//! reads of many devices never take each other's replies. A reply that carries
+//! a pending request's invoke id but comes from another address is not taken,
+//! but named in the timeout error (a NAT or gateway answering from its own
+//! socket), instead of a bare "no reply". Each device has a lock held for the whole
 //! of a read, so at most one request is in flight per device. Every try waits
 //! `timeout`; a request is sent `1 + retries` times with the same invoke id.
 //!
@@ -24,15 +30,17 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::frame::{self, Apdu};
+use super::address::DeviceAddress;
+use super::frame::{self, Apdu, Npci};
 use super::services;
 use super::types::{ErrorCode, PropertyRef, PropertyResult};
 use super::{BacnetClient, BacnetConfig, BacnetError, BoxFuture, Device, IAm};
+use crate::bacnet::meta::MeterCache;
 
 /// Largest UDP payload we accept (BACnet/IP's is 1497); longer ones are truncated and fail to decode.
 const RECV_BUFFER: usize = 2048;
 /// Bytes one property is assumed to take in a ReadPropertyMultiple reply when planning chunks.
-const REPLY_BYTES_PER_PROPERTY: usize = 12;
+const REPLY_BYTES_PER_PROPERTY: usize = 13;
 /// Reply size a chunk is planned to fit: 480 bytes, the max APDU of the smallest common devices.
 const PLANNED_REPLY_BYTES: usize = 480;
 /// Properties per ReadPropertyMultiple until a device's aborts teach us a smaller number.
@@ -41,8 +49,17 @@ const DEFAULT_CHUNK: usize = PLANNED_REPLY_BYTES / REPLY_BYTES_PER_PROPERTY;
 /// (class communication, code abort-segmentation-not-supported).
 const TOO_LONG: ErrorCode = ErrorCode { class: 7, code: 54 };
 
+/// Bytes of receive buffer planned per concurrent device read: a reply of up
+/// to 1497 bytes costs the kernel about 4 KiB of buffer (skb overhead), and a
+/// few late or duplicate replies per device are normal.
+const RCVBUF_PER_READ: usize = 16 * 1024;
+/// The least receive buffer asked for, whatever the concurrency.
+const RCVBUF_MIN: usize = 256 * 1024;
+/// The most receive buffer asked for.
+const RCVBUF_MAX: usize = 64 * 1024 * 1024;
+
 /// Counters of what the client saw; cheap to read at any time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct ClientStats {
     /// Confirmed requests sent (each retry counts).
     pub requests_sent: u64,
@@ -50,14 +67,42 @@ pub struct ClientStats {
     pub garbage: u64,
     /// Datagrams that decoded but answered nothing pending (late, duplicate or spoofed).
     pub unmatched: u64,
+    /// Replies that carried a pending request's invoke id from another address
+    /// than the one asked (NAT, a gateway answering from its own socket).
+    pub wrong_source: u64,
+    /// The socket's receive buffer as the kernel granted it (SO_RCVBUF, bytes).
+    pub recv_buffer_bytes: u64,
+    /// The receive buffer asked for (from COLLECT_CONCURRENCY); more than granted
+    /// means net.core.rmem_max caps it.
+    pub recv_buffer_wanted: u64,
+    /// Datagrams the kernel dropped on this socket because its buffer was full
+    /// (the `drops` column of /proc/net/udp; 0 where not available).
+    pub socket_drops: u64,
+    /// The host's UDP RcvbufErrors (/proc/net/snmp), all sockets, since boot.
+    pub host_rcvbuf_errors: u64,
+    /// Foreign-device registrations the BBMD accepted.
+    pub bbmd_registrations: u64,
+    /// Registrations that failed (NAK or no answer).
+    pub bbmd_failures: u64,
+    /// Whether the last registration attempt succeeded (false when no BBMD is configured).
+    pub bbmd_registered: bool,
 }
 
 #[derive(Default)]
-struct Counters {
+pub(super) struct Counters {
     requests_sent: AtomicU64,
     garbage: AtomicU64,
     unmatched: AtomicU64,
+    wrong_source: AtomicU64,
+    pub(super) bbmd_registrations: AtomicU64,
+    pub(super) bbmd_failures: AtomicU64,
+    pub(super) bbmd_registered: std::sync::atomic::AtomicBool,
 }
+
+/// A global invoke-id sequence: consecutive requests to different devices get
+/// different ids, so a reply arriving from an unexpected address can be tied
+/// to the one request it answers.
+static NEXT_INVOKE_ID: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// A reply to a confirmed request, owned so it can cross to the waiting task.
 #[derive(Debug)]
@@ -73,55 +118,122 @@ enum Reply {
 struct Pending {
     service: u8,
     tx: oneshot::Sender<Reply>,
+    /// Addresses a reply with this invoke id and service came from instead.
+    strays: Vec<SocketAddr>,
 }
 
 /// What we know about one device; its mutex is held for a whole read.
 struct Peer {
-    next_invoke_id: u8,
     rpm_unsupported: bool,
     chunk: usize,
 }
 
-struct Shared {
-    socket: UdpSocket,
-    config: BacnetConfig,
-    pending: Mutex<HashMap<(SocketAddr, u8), Pending>>,
-    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Peer>>>>,
+/// A router that answered Who-Is-Router-To-Network.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct RouterInfo {
+    /// The router's BACnet/IP address.
+    pub address: String,
+    /// The networks it reaches.
+    pub networks: Vec<u16>,
+}
+
+type PendingKey = (DeviceAddress, u8);
+/// An I-Am-Router-To-Network: the router and the networks it reaches.
+type RouterAnswer = (SocketAddr, Vec<u16>);
+
+pub(super) struct Shared {
+    pub(super) socket: UdpSocket,
+    pub(super) config: BacnetConfig,
+    pending: Mutex<HashMap<PendingKey, Pending>>,
+    peers: Mutex<HashMap<DeviceAddress, Arc<tokio::sync::Mutex<Peer>>>>,
     listeners: Mutex<Vec<mpsc::UnboundedSender<IAm>>>,
-    counters: Counters,
+    router_listeners: Mutex<Vec<mpsc::UnboundedSender<RouterAnswer>>>,
+    /// Where the BVLC-Result of a registration in flight goes.
+    pub(super) bbmd_results: Mutex<Option<oneshot::Sender<u16>>>,
+    /// Why the last registration failed.
+    pub(super) bbmd_error: Mutex<Option<String>>,
+    /// Whether a registration has succeeded (broadcasts wait for it a little).
+    pub(super) registered: tokio::sync::watch::Sender<bool>,
+    pub(super) counters: Counters,
+    recv_buffer: (u64, u64),
+    cache: MeterCache,
 }
 
 /// The BACnet/IP client: cheap to share behind an `Arc`, safe to use from many tasks.
 pub struct UdpClient {
     shared: Arc<Shared>,
     cancel: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Open the socket with socket2 so the receive buffer is sized before the
+/// first datagram: returns it and (granted, wanted) buffer bytes.
+fn open_socket(config: &BacnetConfig) -> std::io::Result<(std::net::UdpSocket, (u64, u64))> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let domain = Domain::for_address(config.bind);
+    let socket = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_broadcast(true)?;
+    let wanted = config
+        .concurrency
+        .saturating_mul(RCVBUF_PER_READ)
+        .clamp(RCVBUF_MIN, RCVBUF_MAX);
+    if let Err(e) = socket.set_recv_buffer_size(wanted) {
+        debug!(error = %e, wanted, "cannot size the BACnet receive buffer");
+    }
+    let granted = socket.recv_buffer_size().unwrap_or(0);
+    if granted < wanted {
+        tracing::warn!(
+            granted,
+            wanted,
+            "the BACnet socket's receive buffer is smaller than COLLECT_CONCURRENCY needs; raise net.core.rmem_max (sysctl) to at least {wanted}"
+        );
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&config.bind.into())?;
+    Ok((socket.into(), (granted as u64, wanted as u64)))
 }
 
 impl UdpClient {
     /// Bind the socket (broadcast enabled, for Who-Is) and start the receive task.
     /// Fails when the address cannot be bound.
+    ///
+    /// With a BBMD configured, also starts registering as a foreign device
+    /// (at once, then every half TTL); a failed registration does not fail
+    /// the bind, it shows in [`UdpClient::stats`] and is retried.
     pub async fn bind(config: BacnetConfig) -> Result<Self, BacnetError> {
         let bind_err = |source| BacnetError::Bind {
             bind: config.bind,
             source,
         };
-        let socket = UdpSocket::bind(config.bind).await.map_err(bind_err)?;
-        socket.set_broadcast(true).map_err(bind_err)?;
+        let (std_socket, recv_buffer) = open_socket(&config).map_err(bind_err)?;
+        let socket = UdpSocket::from_std(std_socket).map_err(bind_err)?;
         let shared = Arc::new(Shared {
             socket,
             config,
             pending: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            router_listeners: Mutex::new(Vec::new()),
+            bbmd_results: Mutex::new(None),
+            bbmd_error: Mutex::new(None),
+            registered: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            recv_buffer,
+            cache: MeterCache::default(),
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(receive_loop(shared.clone(), cancel.clone()));
+        let mut tasks = vec![tokio::spawn(receive_loop(shared.clone(), cancel.clone()))];
+        if let Some(bbmd) = config.bbmd {
+            tasks.push(tokio::spawn(super::bbmd::register_loop(
+                shared.clone(),
+                bbmd,
+                cancel.clone(),
+            )));
+        }
         Ok(Self {
             shared,
             cancel,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(tasks),
         })
     }
 
@@ -133,28 +245,50 @@ impl UdpClient {
     /// What the client has seen so far.
     pub fn stats(&self) -> ClientStats {
         let c = &self.shared.counters;
+        let local = self.shared.socket.local_addr().ok();
         ClientStats {
             requests_sent: c.requests_sent.load(Ordering::Relaxed),
             garbage: c.garbage.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
+            wrong_source: c.wrong_source.load(Ordering::Relaxed),
+            recv_buffer_bytes: self.shared.recv_buffer.0,
+            recv_buffer_wanted: self.shared.recv_buffer.1,
+            socket_drops: local.map_or(0, super::drops::socket_drops),
+            host_rcvbuf_errors: super::drops::host_rcvbuf_errors(),
+            bbmd_registrations: c.bbmd_registrations.load(Ordering::Relaxed),
+            bbmd_failures: c.bbmd_failures.load(Ordering::Relaxed),
+            bbmd_registered: c.bbmd_registered.load(Ordering::Relaxed),
         }
     }
 
-    /// Stop the receive task and wait for it; pending requests fail with [`BacnetError::Closed`].
+    /// The foreign-device registration, when BACNET_BBMD is set.
+    pub fn bbmd_status(&self) -> Option<super::bbmd::BbmdStatus> {
+        let bbmd = self.shared.config.bbmd?;
+        let c = &self.shared.counters;
+        Some(super::bbmd::BbmdStatus {
+            bbmd: bbmd.to_string(),
+            ttl_s: self.shared.config.bbmd_ttl.as_secs(),
+            registered: c.bbmd_registered.load(Ordering::Relaxed),
+            registrations: c.bbmd_registrations.load(Ordering::Relaxed),
+            failures: c.bbmd_failures.load(Ordering::Relaxed),
+            last_error: lock(&self.shared.bbmd_error).clone(),
+        })
+    }
+
+    /// Stop the background tasks and wait for them; pending requests fail with [`BacnetError::Closed`].
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let task = lock(&self.task).take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }
 
-    fn peer(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Peer>> {
+    fn peer(&self, addr: DeviceAddress) -> Arc<tokio::sync::Mutex<Peer>> {
         lock(&self.shared.peers)
             .entry(addr)
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Mutex::new(Peer {
-                    next_invoke_id: 0,
                     rpm_unsupported: false,
                     chunk: DEFAULT_CHUNK,
                 }))
@@ -165,25 +299,39 @@ impl UdpClient {
     /// Send one confirmed request and wait for its reply, retrying on timeout.
     async fn transact(
         &self,
-        peer: &mut Peer,
+        _peer: &mut Peer,
         device: Device,
         service: u8,
         body: &[u8],
     ) -> Result<Reply, BacnetError> {
-        let invoke_id = peer.next_invoke_id;
-        peer.next_invoke_id = peer.next_invoke_id.wrapping_add(1);
+        let invoke_id = NEXT_INVOKE_ID.fetch_add(1, Ordering::Relaxed);
         let mut apdu = frame::confirmed_request_header(invoke_id, service);
         apdu.extend_from_slice(body);
-        let datagram = frame::encode_datagram(false, true, &apdu).map_err(|source| {
-            BacnetError::Malformed {
-                addr: device.addr,
-                device: device.instance,
-                source,
-            }
+        let npci = Npci {
+            dest: device.addr.route.map(|r| (r.network, Some(r.mac))),
+            expecting_reply: true,
+            ..Npci::default()
+        };
+        let datagram = frame::encode_bvlc(
+            frame::BVLC_ORIGINAL_UNICAST,
+            None,
+            &frame::encode_npdu(&npci, &apdu),
+        )
+        .map_err(|source| BacnetError::Malformed {
+            addr: device.addr,
+            device: device.instance,
+            source,
         })?;
         let (tx, mut rx) = oneshot::channel();
         let key = (device.addr, invoke_id);
-        lock(&self.shared.pending).insert(key, Pending { service, tx });
+        lock(&self.shared.pending).insert(
+            key,
+            Pending {
+                service,
+                tx,
+                strays: Vec::new(),
+            },
+        );
         let _guard = PendingGuard {
             shared: &self.shared,
             key,
@@ -195,7 +343,7 @@ impl UdpClient {
                 .counters
                 .requests_sent
                 .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.shared.socket.send_to(&datagram, device.addr).await {
+            if let Err(e) = self.shared.socket.send_to(&datagram, device.addr.ip).await {
                 debug!(addr = %device.addr, attempt, error = %e, "BACnet send failed");
                 send_error = Some(e);
             }
@@ -206,6 +354,16 @@ impl UdpClient {
                     debug!(addr = %device.addr, device = device.instance, attempt, "BACnet request timed out")
                 }
             }
+        }
+        let stray = lock(&self.shared.pending)
+            .get(&key)
+            .and_then(|p| p.strays.first().copied());
+        if let Some(from) = stray {
+            return Err(BacnetError::WrongSource {
+                addr: device.addr,
+                device: device.instance,
+                from,
+            });
         }
         Err(match send_error {
             Some(source) => BacnetError::Send {
@@ -357,9 +515,51 @@ impl UdpClient {
         }
     }
 
+    /// Send `apdu` (or a network-layer message) to `target` as a broadcast or
+    /// unicast; with a BBMD registered, a broadcast goes to the BBMD as a
+    /// Distribute-Broadcast-To-Network so it reaches every subnet.
+    async fn send_unconfirmed(
+        &self,
+        target: DeviceAddress,
+        npci: Npci,
+        payload: &[u8],
+    ) -> Result<(), BacnetError> {
+        let broadcast = match target.ip.ip() {
+            std::net::IpAddr::V4(ip) => ip.is_broadcast() || ip.octets()[3] == 255,
+            std::net::IpAddr::V6(_) => false,
+        };
+        if broadcast && self.shared.config.bbmd.is_some() {
+            // Right after bind the registration may still be in flight.
+            let mut registered = self.shared.registered.subscribe();
+            let _ =
+                tokio::time::timeout(self.shared.config.timeout, registered.wait_for(|r| *r)).await;
+        }
+        let (function, to) = match self.shared.config.bbmd {
+            Some(bbmd) if broadcast => (frame::BVLC_DISTRIBUTE_BROADCAST, bbmd),
+            _ if broadcast => (frame::BVLC_ORIGINAL_BROADCAST, target.ip),
+            _ => (frame::BVLC_ORIGINAL_UNICAST, target.ip),
+        };
+        let datagram = frame::encode_bvlc(function, None, &frame::encode_npdu(&npci, payload))
+            .map_err(|source| BacnetError::Malformed {
+                addr: target,
+                device: 0,
+                source,
+            })?;
+        self.shared
+            .socket
+            .send_to(&datagram, to)
+            .await
+            .map(|_| ())
+            .map_err(|source| BacnetError::Send {
+                addr: target,
+                device: 0,
+                source,
+            })
+    }
+
     async fn who_is_inner(
         &self,
-        target: SocketAddr,
+        target: DeviceAddress,
         range: Option<(u32, u32)>,
         wait: Duration,
     ) -> Result<Vec<IAm>, BacnetError> {
@@ -367,24 +567,17 @@ impl UdpClient {
         lock(&self.shared.listeners).push(tx);
         let mut apdu = vec![0x10, frame::SERVICE_WHO_IS];
         services::encode_who_is(&mut apdu, range);
-        let broadcast = match target.ip() {
-            std::net::IpAddr::V4(ip) => ip.is_broadcast() || ip.octets()[3] == 255,
-            std::net::IpAddr::V6(_) => false,
+        // Without a route, a global broadcast: routers pass it to the networks behind them.
+        let npci = Npci {
+            dest: Some(match target.route {
+                Some(r) => (r.network, Some(r.mac)),
+                None => (frame::GLOBAL_NETWORK, None),
+            }),
+            ..Npci::default()
         };
-        let datagram = frame::encode_datagram(broadcast, false, &apdu).map_err(|source| {
-            BacnetError::Malformed {
-                addr: target,
-                device: 0,
-                source,
-            }
-        })?;
-        if let Err(source) = self.shared.socket.send_to(&datagram, target).await {
+        if let Err(e) = self.send_unconfirmed(target, npci, &apdu).await {
             rx.close();
-            return Err(BacnetError::Send {
-                addr: target,
-                device: 0,
-                source,
-            });
+            return Err(e);
         }
         let mut found: Vec<IAm> = Vec::new();
         let deadline = tokio::time::sleep(wait);
@@ -405,6 +598,51 @@ impl UdpClient {
         }
         rx.close();
         found.sort_by_key(|d| (d.instance, d.addr));
+        Ok(found)
+    }
+
+    /// Send Who-Is-Router-To-Network to `target` (a router or a broadcast
+    /// address) and gather the I-Am-Router-To-Network answers for `wait`.
+    /// Fails only if the message cannot be sent.
+    pub async fn find_routers(
+        &self,
+        target: SocketAddr,
+        wait: Duration,
+    ) -> Result<Vec<RouterInfo>, BacnetError> {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        lock(&self.shared.router_listeners).push(tx);
+        let npci = Npci {
+            network_message: Some(frame::NL_WHO_IS_ROUTER),
+            ..Npci::default()
+        };
+        if let Err(e) = self.send_unconfirmed(target.into(), npci, &[]).await {
+            rx.close();
+            return Err(e);
+        }
+        let mut found: Vec<RouterInfo> = Vec::new();
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                msg = rx.recv() => match msg {
+                    Some((from, networks)) => {
+                        let address = from.to_string();
+                        match found.iter_mut().find(|r| r.address == address) {
+                            Some(r) => r.networks.extend(networks),
+                            None => found.push(RouterInfo { address, networks }),
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        rx.close();
+        for r in &mut found {
+            r.networks.sort_unstable();
+            r.networks.dedup();
+        }
+        found.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(found)
     }
 }
@@ -436,11 +674,15 @@ impl BacnetClient for UdpClient {
 
     fn who_is(
         &self,
-        target: SocketAddr,
+        target: DeviceAddress,
         range: Option<(u32, u32)>,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<IAm>, BacnetError>> {
         Box::pin(self.who_is_inner(target, range, wait))
+    }
+
+    fn meter_cache(&self) -> Option<&MeterCache> {
+        Some(&self.shared.cache)
     }
 }
 
@@ -453,7 +695,7 @@ impl Drop for UdpClient {
 /// Removes a pending entry when its request ends, however it ends (reply, timeout, cancellation).
 struct PendingGuard<'a> {
     shared: &'a Shared,
-    key: (SocketAddr, u8),
+    key: PendingKey,
 }
 
 impl Drop for PendingGuard<'_> {
@@ -463,7 +705,7 @@ impl Drop for PendingGuard<'_> {
 }
 
 /// Lock a std mutex, recovering from poisoning (no code here panics while holding one).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -505,6 +747,28 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
     let unmatched = || {
         shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
     };
+    if let Some(code) = datagram.bvlc_result {
+        // Only a registration is answered with a BVLC-Result here.
+        match lock(&shared.bbmd_results).take() {
+            Some(tx) if shared.config.bbmd == Some(from) => {
+                let _ = tx.send(code);
+            }
+            _ => unmatched(),
+        }
+        return;
+    }
+    if let Some((kind, body)) = datagram.network_message {
+        if kind == frame::NL_I_AM_ROUTER && body.len() % 2 == 0 && !body.is_empty() {
+            let networks: Vec<u16> = body
+                .chunks_exact(2)
+                .map(|c| u16::from_be_bytes([c[0], c[1]]))
+                .collect();
+            lock(&shared.router_listeners).retain(|l| l.send((from, networks.clone())).is_ok());
+        } else {
+            unmatched();
+        }
+        return;
+    }
     let Some(apdu) = datagram.apdu else {
         return unmatched();
     };
@@ -514,16 +778,18 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
     } = apdu
     {
         match services::decode_i_am(body) {
-            Ok(iam) if !datagram.routed => {
+            Ok(iam) => {
                 let iam = IAm {
                     instance: iam.device.instance(),
-                    addr: datagram.forwarded_from.unwrap_or(from),
+                    addr: DeviceAddress {
+                        ip: datagram.forwarded_from.unwrap_or(from),
+                        route: datagram.source,
+                    },
                     vendor_id: u32::try_from(iam.vendor_id).unwrap_or(u32::MAX),
                     max_apdu: u32::try_from(iam.max_apdu).unwrap_or(u32::MAX),
                 };
                 lock(&shared.listeners).retain(|l| l.send(iam).is_ok());
             }
-            Ok(_) => unmatched(),
             Err(e) => {
                 shared.counters.garbage.fetch_add(1, Ordering::Relaxed);
                 debug!(%from, error = %e, "dropping malformed I-Am");
@@ -555,12 +821,30 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
         _ => return unmatched(),
     };
     let mut pending = lock(&shared.pending);
-    let key = (from, invoke_id);
-    let matches = pending
-        .get(&key)
-        .is_some_and(|p| service.is_none_or(|s| s == p.service));
-    if !matches || datagram.routed || datagram.forwarded_from.is_some() {
+    let key = (
+        DeviceAddress {
+            ip: from,
+            route: datagram.source,
+        },
+        invoke_id,
+    );
+    let service_fits = |p: &Pending| service.is_none_or(|s| s == p.service);
+    let matches = pending.get(&key).is_some_and(service_fits);
+    if !matches || datagram.forwarded_from.is_some() {
+        // A reply to a pending request, but from another address: remember where
+        // from, so the request's timeout can say so.
+        let mut stray = false;
+        for ((_, id), p) in pending.iter_mut() {
+            if *id == invoke_id && service_fits(p) && p.strays.len() < 4 {
+                p.strays.push(from);
+                stray = true;
+            }
+        }
         drop(pending);
+        if stray {
+            shared.counters.wrong_source.fetch_add(1, Ordering::Relaxed);
+            debug!(%from, invoke_id, "reply from an unexpected address");
+        }
         return unmatched();
     }
     if let Some(p) = pending.remove(&key) {

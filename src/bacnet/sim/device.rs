@@ -12,6 +12,7 @@ use super::super::frame::{self, Apdu};
 use super::super::services::{self, IAmBody};
 use super::super::types::{
     ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value,
+    WILDCARD_INSTANCE,
 };
 use super::SimDeviceConfig;
 
@@ -33,8 +34,24 @@ impl SimScale {
     }
 }
 
+/// How an object's present-value goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// REAL (analog objects).
+    Real,
+    /// Enumerated inactive/active (binary objects).
+    Binary,
+    /// Unsigned (multi-state state numbers, positive-integer-value).
+    Unsigned,
+    /// INTEGER (integer-value).
+    Signed,
+    /// Double (large-analog-value).
+    Double,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct SimObject {
+    pub encoding: Encoding,
     pub name: String,
     /// Analog value, or the accumulator's pulse count.
     pub value: f64,
@@ -51,9 +68,28 @@ pub(crate) struct SimObject {
 impl SimObject {
     /// What a client computes from this object's present-value (f32 rounding, scale applied).
     pub fn served_value(&self) -> f64 {
-        match self.scale {
-            Some(scale) => self.value.max(0.0).round() * scale.factor(),
-            None => f64::from(self.value as f32),
+        if let Some(scale) = self.scale {
+            return self.value.max(0.0).round() * scale.factor();
+        }
+        match self.encoding {
+            Encoding::Real => f64::from(self.value as f32),
+            Encoding::Binary => f64::from(u8::from(self.value != 0.0)),
+            Encoding::Unsigned => self.value.max(0.0).round(),
+            Encoding::Signed => self.value.round(),
+            Encoding::Double => self.value,
+        }
+    }
+
+    fn wire_value(&self) -> Value {
+        if self.scale.is_some() {
+            return Value::Unsigned(self.value.max(0.0).round() as u64);
+        }
+        match self.encoding {
+            Encoding::Real => Value::Real(self.value as f32),
+            Encoding::Binary => Value::Enumerated(u32::from(self.value != 0.0)),
+            Encoding::Unsigned => Value::Unsigned(self.value.max(0.0).round() as u64),
+            Encoding::Signed => Value::Signed(self.value.round() as i64),
+            Encoding::Double => Value::Double(self.value),
         }
     }
 }
@@ -92,6 +128,24 @@ impl DeviceState {
             let mut acc = analog("energy-pulses", 50_000.0, 19, 1.0, true);
             acc.scale = Some(config.scale);
             objects.insert(id, acc);
+        }
+        // One object of every other readable type, for the object-type tests.
+        let typed: [(u16, &str, f64, u32, Encoding); 8] = [
+            (2, "setpoint", 21.5, 62, Encoding::Real),
+            (3, "breaker", 1.0, 95, Encoding::Binary),
+            (5, "relay", 0.0, 95, Encoding::Binary),
+            (13, "tariff", 2.0, 95, Encoding::Unsigned),
+            (19, "mode", 3.0, 95, Encoding::Unsigned),
+            (45, "temperature-offset", -7.0, 62, Encoding::Signed),
+            (46, "lifetime-energy", 123_456_789.125, 19, Encoding::Double),
+            (48, "pulse-count", 4_000_000_000.0, 95, Encoding::Unsigned),
+        ];
+        for (ty, name, value, units, encoding) in typed {
+            if let Some(id) = ObjectType::new(ty).and_then(|t| ObjectId::new(t, 1)) {
+                let mut o = analog(name, value, units, 0.0, true);
+                o.encoding = encoding;
+                objects.insert(id, o);
+            }
         }
         for i in 0..config.extra_points {
             if let Some(id) = ai(100 + i) {
@@ -189,7 +243,10 @@ impl DeviceState {
     }
 
     fn read(&mut self, p: PropertyRef) -> PropertyResult {
-        if Some(p.object) == self.device_id() {
+        let wildcard = ObjectId::device(WILDCARD_INSTANCE);
+        if Some(p.object) == self.device_id()
+            || (Some(p.object) == wildcard && self.config.answers_wildcard)
+        {
             return self.read_device(p.property);
         }
         let frozen = self.frozen;
@@ -208,17 +265,17 @@ impl DeviceState {
                         o.drift = -o.drift;
                     }
                 }
-                if o.scale.is_some() {
-                    Value::Unsigned(o.value.max(0.0).round() as u64)
-                } else {
-                    Value::Real(o.value as f32)
-                }
+                o.wire_value()
             }
             103 => Value::Enumerated(o.reliability),
+            // Fault is set whenever reliability is not no-fault-detected (clause 12).
             111 => Value::BitString {
                 unused_bits: 4,
-                bytes: vec![o.status_flags & 0xf0],
+                bytes: vec![(o.status_flags & 0xf0) | if o.reliability != 0 { 0x40 } else { 0 }],
             },
+            117 if o.units == 95 => {
+                return Err(err(ErrorCode::CLASS_PROPERTY, ErrorCode::UNKNOWN_PROPERTY))
+            }
             117 => Value::Enumerated(o.units),
             187 => match o.scale {
                 Some(SimScale::Float(f)) => Value::Context {
@@ -259,6 +316,7 @@ impl DeviceState {
 
 fn analog(name: &str, value: f64, units: u32, drift: f64, monotonic: bool) -> SimObject {
     SimObject {
+        encoding: Encoding::Real,
         name: name.to_string(),
         value,
         units,

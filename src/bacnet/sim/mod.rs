@@ -96,6 +96,12 @@ pub struct SimDeviceConfig {
     pub delay: Duration,
     /// The accumulator's scale.
     pub scale: SimScale,
+    /// Answer reads of the wildcard device `device:4194303` (devices before
+    /// 135-2004 do not; the client then asks for the configured device object).
+    pub answers_wildcard: bool,
+    /// Send replies from another socket (another port on the same IP), as a
+    /// NAT or a gateway answering from its own socket does.
+    pub reply_from_other_port: bool,
 }
 
 impl SimDeviceConfig {
@@ -113,6 +119,8 @@ impl SimDeviceConfig {
             dead: false,
             delay: Duration::ZERO,
             scale: SimScale::Integer(-1),
+            answers_wildcard: true,
+            reply_from_other_port: false,
         }
     }
 }
@@ -221,13 +229,22 @@ impl Simulator {
         for config in configs {
             let socket = Arc::new(UdpSocket::bind(config.bind).await?);
             let addr = socket.local_addr()?;
+            let reply_socket = if config.reply_from_other_port {
+                Arc::new(UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await?)
+            } else {
+                socket.clone()
+            };
             let device = SimDevice {
                 addr,
                 instance: config.instance,
                 state: Arc::new(Mutex::new(DeviceState::new(config))),
             };
-            sim.tasks
-                .push(tokio::spawn(serve(socket, device.clone(), cancel.clone())));
+            sim.tasks.push(tokio::spawn(serve(
+                socket,
+                reply_socket,
+                device.clone(),
+                cancel.clone(),
+            )));
             sim.devices.push(device);
         }
         Ok(sim)
@@ -276,7 +293,12 @@ impl Drop for Simulator {
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, device: SimDevice, cancel: CancellationToken) {
+async fn serve(
+    socket: Arc<UdpSocket>,
+    reply_socket: Arc<UdpSocket>,
+    device: SimDevice,
+    cancel: CancellationToken,
+) {
     let mut buf = vec![0u8; 2048];
     loop {
         let (n, from) = tokio::select! {
@@ -302,9 +324,9 @@ async fn serve(socket: Arc<UdpSocket>, device: SimDevice, cancel: CancellationTo
         };
         let Some(reply) = reply else { continue };
         if delay.is_zero() {
-            let _ = socket.send_to(&reply, from).await;
+            let _ = reply_socket.send_to(&reply, from).await;
         } else {
-            let socket = socket.clone();
+            let socket = reply_socket.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 tokio::select! {
