@@ -57,9 +57,23 @@ mod tests {
     }
 
     #[test]
-    fn own_socket_is_found_in_proc_net_udp() {
-        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // Present on Linux (0 drops), 0 elsewhere: either way no panic, and 0 here.
-        assert_eq!(socket_drops(s.local_addr().unwrap()), 0);
+    fn a_full_socket_buffer_counts_drops() {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).unwrap();
+        s.set_recv_buffer_size(4096).unwrap();
+        s.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let local = s.local_addr().unwrap().as_socket().unwrap();
+        assert_eq!(socket_drops(local), 0);
+        if !std::path::Path::new("/proc/net/udp").exists() {
+            return;
+        }
+        // Never read: a small buffer overflows after a few datagrams.
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        for _ in 0..200 {
+            let _ = tx.send_to(&[0u8; 1000], local);
+        }
+        assert!(socket_drops(local) > 100, "{}", socket_drops(local));
+        drop(s);
     }
 }

@@ -99,6 +99,8 @@ pub(crate) struct DeviceState {
     pub objects: BTreeMap<ObjectId, SimObject>,
     pub frozen: bool,
     pub reads: u64,
+    /// Properties asked for (each property of an RPM counts).
+    pub properties: u64,
 }
 
 fn err(class: u32, code: u32) -> ErrorCode {
@@ -158,6 +160,7 @@ impl DeviceState {
             objects,
             frozen: false,
             reads: 0,
+            properties: 0,
         }
     }
 
@@ -243,6 +246,7 @@ impl DeviceState {
     }
 
     fn read(&mut self, p: PropertyRef) -> PropertyResult {
+        self.properties = self.properties.saturating_add(1);
         let wildcard = ObjectId::device(WILDCARD_INSTANCE);
         if Some(p.object) == self.device_id()
             || (Some(p.object) == wildcard && self.config.answers_wildcard)

@@ -199,9 +199,27 @@ impl SimDevice {
         lock(&self.state).reads
     }
 
-    /// Reset the request counter.
+    /// Properties asked for so far (each property of a ReadPropertyMultiple counts).
+    pub fn properties(&self) -> u64 {
+        lock(&self.state).properties
+    }
+
+    /// Reset the request and property counters.
     pub fn reset_requests(&self) {
-        lock(&self.state).reads = 0;
+        let mut state = lock(&self.state);
+        state.reads = 0;
+        state.properties = 0;
+    }
+
+    /// Set the accumulator's scale.
+    pub fn set_scale(&self, scale: SimScale) {
+        let mut state = lock(&self.state);
+        state.config.scale = scale;
+        for o in state.objects.values_mut() {
+            if o.scale.is_some() {
+                o.scale = Some(scale);
+            }
+        }
     }
 }
 
