@@ -641,7 +641,10 @@ async fn metadata_is_read_once_then_value_and_status_flags_only() {
         rpm.reset_requests();
         let sent = client.stats().requests_sent;
         let r = read_meter(&client, device(rpm), &points).await.unwrap();
-        assert!(r.iter().all(|r| r.value.is_some() && r.unit.is_some()), "{r:?}");
+        assert!(
+            r.iter().all(|r| r.value.is_some() && r.unit.is_some()),
+            "{r:?}"
+        );
         assert_eq!((rpm.requests(), rpm.properties()), (1, 12));
         assert_eq!(client.stats().requests_sent - sent, 1);
     }

@@ -170,8 +170,26 @@ impl DeviceState {
 
     /// Answer one datagram; `None` when there is nothing to answer.
     pub(crate) fn handle(&mut self, data: &[u8]) -> Option<Vec<u8>> {
-        let apdu = frame::decode_datagram(data).ok()?.apdu?;
-        let reply = match apdu {
+        self.handle_datagram(data).map(|(reply, _)| reply)
+    }
+
+    /// Answer one datagram: the reply and, for a BBMD-forwarded request, the
+    /// originator it goes to (else the sender).
+    pub(crate) fn handle_datagram(
+        &mut self,
+        data: &[u8],
+    ) -> Option<(Vec<u8>, Option<std::net::SocketAddr>)> {
+        let dg = frame::decode_datagram(data).ok()?;
+        let reply = self.handle_apdu(dg.apdu?)?;
+        Some((
+            frame::encode_datagram(false, false, &reply).ok()?,
+            dg.forwarded_from,
+        ))
+    }
+
+    /// Answer one APDU with a reply APDU (for the socket loop and the simulated router).
+    pub(crate) fn handle_apdu(&mut self, apdu: Apdu<'_>) -> Option<Vec<u8>> {
+        Some(match apdu {
             Apdu::ConfirmedRequest {
                 invoke_id,
                 service,
@@ -206,11 +224,10 @@ impl DeviceState {
                         vendor_id: u64::from(self.config.vendor_id),
                     },
                 );
-                return frame::encode_datagram(false, false, &apdu).ok();
+                apdu
             }
             _ => return None,
-        };
-        frame::encode_datagram(false, false, &reply).ok()
+        })
     }
 
     fn confirmed(&mut self, invoke_id: u8, service: u8, body: &[u8], limit: usize) -> Vec<u8> {

@@ -14,6 +14,7 @@
 //! [`Simulator`] stops its tasks, [`Simulator::shutdown`] also waits for them.
 
 mod device;
+mod network;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -26,7 +27,9 @@ use tracing::debug;
 
 use device::DeviceState;
 pub use device::SimScale;
+pub use network::{SimBbmd, SimRouted};
 
+use super::address::{DeviceAddress, Route};
 use super::points::PointSpec;
 use super::types::{ObjectId, ObjectType, PropertyId};
 
@@ -129,18 +132,27 @@ impl SimDeviceConfig {
 #[derive(Clone)]
 pub struct SimDevice {
     addr: SocketAddr,
+    route: Option<Route>,
     instance: u32,
     state: Arc<Mutex<DeviceState>>,
 }
 
-fn lock(m: &Mutex<DeviceState>) -> MutexGuard<'_, DeviceState> {
+pub(crate) fn lock(m: &Mutex<DeviceState>) -> MutexGuard<'_, DeviceState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SimDevice {
-    /// Where the device listens.
+    /// Where the device listens (its router's address for a routed device).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its address in the meter address grammar (with network and MAC when routed).
+    pub fn address(&self) -> DeviceAddress {
+        DeviceAddress {
+            ip: self.addr,
+            route: self.route,
+        }
     }
 
     /// Its device instance.
@@ -231,6 +243,8 @@ pub(crate) fn device_state_for_tests(config: SimDeviceConfig) -> DeviceState {
 /// Many simulated devices; stops when dropped.
 pub struct Simulator {
     devices: Vec<SimDevice>,
+    routers: Vec<SocketAddr>,
+    bbmds: Vec<SimBbmd>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -241,6 +255,8 @@ impl Simulator {
         let cancel = CancellationToken::new();
         let mut sim = Self {
             devices: Vec::with_capacity(configs.len()),
+            routers: Vec::new(),
+            bbmds: Vec::new(),
             cancel: cancel.clone(),
             tasks: Vec::with_capacity(configs.len()),
         };
@@ -254,6 +270,7 @@ impl Simulator {
             };
             let device = SimDevice {
                 addr,
+                route: None,
                 instance: config.instance,
                 state: Arc::new(Mutex::new(DeviceState::new(config))),
             };
@@ -336,11 +353,15 @@ async fn serve(
                 continue;
             }
             (
-                state.handle(buf.get(..n).unwrap_or(&[])),
+                state.handle_datagram(buf.get(..n).unwrap_or(&[])),
                 state.config.delay,
             )
         };
-        let Some(reply) = reply else { continue };
+        let Some((reply, forwarded_from)) = reply else {
+            continue;
+        };
+        // A BBMD-forwarded request is answered straight to its originator.
+        let from = forwarded_from.unwrap_or(from);
         if delay.is_zero() {
             let _ = reply_socket.send_to(&reply, from).await;
         } else {
