@@ -39,12 +39,12 @@ use crate::bacnet::meta::MeterCache;
 
 /// Largest UDP payload we accept (BACnet/IP's is 1497); longer ones are truncated and fail to decode.
 const RECV_BUFFER: usize = 2048;
-/// Bytes one property is assumed to take in a ReadPropertyMultiple reply when planning chunks.
-const REPLY_BYTES_PER_PROPERTY: usize = 13;
-/// Reply size a chunk is planned to fit: 480 bytes, the max APDU of the smallest common devices.
-const PLANNED_REPLY_BYTES: usize = 480;
-/// Properties per ReadPropertyMultiple until a device's aborts teach us a smaller number.
-const DEFAULT_CHUNK: usize = PLANNED_REPLY_BYTES / REPLY_BYTES_PER_PROPERTY;
+/// Properties per ReadPropertyMultiple until a device's aborts teach us a
+/// smaller number: as many as fit one 1476-byte request (about 6 bytes per
+/// property when values and status-flags are asked together). A device that
+/// segments answers them in one segmented reply; one that does not aborts,
+/// and the chunk is halved until the reply fits (learned once per device).
+const DEFAULT_CHUNK: usize = 1400 / 6;
 /// Error given to a single property whose reply the device cannot send unsegmented
 /// (class communication, code abort-segmentation-not-supported).
 const TOO_LONG: ErrorCode = ErrorCode { class: 7, code: 54 };
@@ -70,6 +70,8 @@ pub struct ClientStats {
     /// Replies that carried a pending request's invoke id from another address
     /// than the one asked (NAT, a gateway answering from its own socket).
     pub wrong_source: u64,
+    /// Segmented replies received and reassembled.
+    pub segmented_replies: u64,
     /// The socket's receive buffer as the kernel granted it (SO_RCVBUF, bytes).
     pub recv_buffer_bytes: u64,
     /// The receive buffer asked for (from COLLECT_CONCURRENCY); more than granted
@@ -94,6 +96,7 @@ pub(super) struct Counters {
     garbage: AtomicU64,
     unmatched: AtomicU64,
     wrong_source: AtomicU64,
+    segmented_replies: AtomicU64,
     pub(super) bbmd_registrations: AtomicU64,
     pub(super) bbmd_failures: AtomicU64,
     pub(super) bbmd_registered: std::sync::atomic::AtomicBool,
@@ -111,16 +114,34 @@ enum Reply {
     Error(ErrorCode),
     Reject(u8),
     Abort(u8),
-    /// A segmented complex ack (we asked for none): treated as "too long".
+    /// A segmented reply longer than [`frame::MAX_SEGMENTS`]: treated as "too long".
     Segmented,
+    /// A segmented complex ack, reassembled.
+    SegmentedAck(Vec<u8>),
 }
 
 struct Pending {
     service: u8,
-    tx: oneshot::Sender<Reply>,
+    tx: Option<oneshot::Sender<Reply>>,
+    /// A segmented reply being put together.
+    reassembly: Option<Reassembly>,
     /// Addresses a reply with this invoke id and service came from instead.
     strays: Vec<SocketAddr>,
 }
+
+/// A segmented ComplexAck being received (clause 5.4.4).
+struct Reassembly {
+    /// The sequence number expected next.
+    next: u8,
+    /// Segments received since the last SegmentAck.
+    in_window: u8,
+    /// Segments received in all.
+    segments: usize,
+    body: Vec<u8>,
+}
+
+/// The window this client accepts: SegmentAck after this many segments.
+const WINDOW: u8 = 16;
 
 /// What we know about one device; its mutex is held for a whole read.
 struct Peer {
@@ -251,6 +272,7 @@ impl UdpClient {
             garbage: c.garbage.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
             wrong_source: c.wrong_source.load(Ordering::Relaxed),
+            segmented_replies: c.segmented_replies.load(Ordering::Relaxed),
             recv_buffer_bytes: self.shared.recv_buffer.0,
             recv_buffer_wanted: self.shared.recv_buffer.1,
             socket_drops: local.map_or(0, super::drops::socket_drops),
@@ -305,7 +327,7 @@ impl UdpClient {
         body: &[u8],
     ) -> Result<Reply, BacnetError> {
         let invoke_id = NEXT_INVOKE_ID.fetch_add(1, Ordering::Relaxed);
-        let mut apdu = frame::confirmed_request_header(invoke_id, service);
+        let mut apdu = frame::confirmed_request_header_segmented(invoke_id, service);
         apdu.extend_from_slice(body);
         let npci = Npci {
             dest: device.addr.route.map(|r| (r.network, Some(r.mac))),
@@ -328,7 +350,8 @@ impl UdpClient {
             key,
             Pending {
                 service,
-                tx,
+                tx: Some(tx),
+                reassembly: None,
                 strays: Vec::new(),
             },
         );
@@ -348,7 +371,15 @@ impl UdpClient {
                 send_error = Some(e);
             }
             match tokio::time::timeout(self.shared.config.timeout, &mut rx).await {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    if matches!(reply, Reply::SegmentedAck(_)) {
+                        self.shared
+                            .counters
+                            .segmented_replies
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(reply);
+                }
                 Ok(Err(_)) => return Err(BacnetError::Closed),
                 Err(_) => {
                     debug!(addr = %device.addr, device = device.instance, attempt, "BACnet request timed out")
@@ -390,11 +421,7 @@ impl UdpClient {
         let mut peer = peer.lock().await;
         let mut results: Vec<Option<PropertyResult>> = vec![None; props.len()];
         let mut fallback: Vec<usize> = Vec::new();
-        let chunk = peer.chunk.max(1);
-        let mut queue: VecDeque<(usize, usize)> = (0..props.len())
-            .step_by(chunk)
-            .map(|start| (start, (start + chunk).min(props.len())))
-            .collect();
+        let mut queue = plan_chunks(props, peer.chunk.max(1));
         while let Some((start, end)) = queue.pop_front() {
             let part = props.get(start..end).unwrap_or(&[]);
             if peer.rpm_unsupported {
@@ -446,7 +473,7 @@ impl UdpClient {
             .transact(peer, device, frame::SERVICE_READ_PROPERTY_MULTIPLE, &body)
             .await?;
         Ok(match reply {
-            Reply::Ack(body) => {
+            Reply::Ack(body) | Reply::SegmentedAck(body) => {
                 Rpm::Results(services::decode_rpm_ack(&body, props).map_err(|source| {
                     BacnetError::Malformed {
                         addr: device.addr,
@@ -492,13 +519,15 @@ impl UdpClient {
             .transact(peer, device, frame::SERVICE_READ_PROPERTY, &body)
             .await?;
         match reply {
-            Reply::Ack(body) => Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
-                |source| BacnetError::Malformed {
-                    addr: device.addr,
-                    device: device.instance,
-                    source,
-                },
-            )?)),
+            Reply::Ack(body) | Reply::SegmentedAck(body) => {
+                Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
+                    |source| BacnetError::Malformed {
+                        addr: device.addr,
+                        device: device.instance,
+                        source,
+                    },
+                )?))
+            }
             Reply::Error(e) => Ok(Err(e)),
             Reply::Segmented => Ok(Err(TOO_LONG)),
             Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
@@ -645,6 +674,35 @@ impl UdpClient {
         found.sort_by(|a, b| a.address.cmp(&b.address));
         Ok(found)
     }
+}
+
+/// Largest ReadPropertyMultiple request body planned: it must fit one
+/// unsegmented 1476-byte APDU with its headers.
+const MAX_REQUEST_BYTES: usize = 1400;
+
+/// Split `props` into consecutive ranges of at most `max_count` properties
+/// whose encoded request stays within [`MAX_REQUEST_BYTES`].
+fn plan_chunks(props: &[PropertyRef], max_count: usize) -> VecDeque<(usize, usize)> {
+    let mut out = VecDeque::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in props.iter().enumerate() {
+        let new_object = i == start || props.get(i - 1).is_none_or(|q| q.object != p.object);
+        // A property id: a context tag and 1 to 3 bytes; a new object adds its
+        // identifier (5 bytes) and the opening and closing tags.
+        let cost = if p.property.0 > 255 { 3 } else { 2 } + if new_object { 7 } else { 0 };
+        if i > start && (i - start >= max_count || bytes + cost > MAX_REQUEST_BYTES) {
+            out.push_back((start, i));
+            start = i;
+            bytes = if p.property.0 > 255 { 3 } else { 2 } + 7;
+        } else {
+            bytes += cost;
+        }
+    }
+    if start < props.len() {
+        out.push_back((start, props.len()));
+    }
+    out
 }
 
 enum Rpm {
@@ -800,9 +858,27 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
     let Some(invoke_id) = apdu.reply_invoke_id() else {
         return unmatched();
     };
+    let key = (
+        DeviceAddress {
+            ip: from,
+            route: datagram.source,
+        },
+        invoke_id,
+    );
+    if let Apdu::ComplexAck {
+        service,
+        segment: Some(seg),
+        body,
+        ..
+    } = apdu
+    {
+        if datagram.forwarded_from.is_none() && segment(shared, key, service, seg, body) {
+            return;
+        }
+    }
     let (reply, service) = match apdu {
         Apdu::ComplexAck {
-            segmented: true,
+            segment: Some(_),
             service,
             ..
         } => (Reply::Segmented, Some(service)),
@@ -821,13 +897,6 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
         _ => return unmatched(),
     };
     let mut pending = lock(&shared.pending);
-    let key = (
-        DeviceAddress {
-            ip: from,
-            route: datagram.source,
-        },
-        invoke_id,
-    );
     let service_fits = |p: &Pending| service.is_none_or(|s| s == p.service);
     let matches = pending.get(&key).is_some_and(service_fits);
     if !matches || datagram.forwarded_from.is_some() {
@@ -847,7 +916,78 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
         }
         return unmatched();
     }
-    if let Some(p) = pending.remove(&key) {
-        let _ = p.tx.send(reply);
+    if let Some(tx) = pending.remove(&key).and_then(|p| p.tx) {
+        let _ = tx.send(reply);
     }
+}
+
+/// Take one segment of a segmented reply to the request `key`: append it if
+/// it is the next in order, acknowledge at the first segment, at each full
+/// window and at the last, and NAK a gap or duplicate. Returns false when no
+/// pending request takes it (the caller counts it as unmatched).
+fn segment(
+    shared: &Shared,
+    key: PendingKey,
+    service: u8,
+    seg: frame::Segment,
+    body: &[u8],
+) -> bool {
+    let mut pending = lock(&shared.pending);
+    let Some(p) = pending.get_mut(&key).filter(|p| p.service == service) else {
+        return false;
+    };
+    if p.reassembly.is_none() && seg.sequence != 0 {
+        return false;
+    }
+    let r = p.reassembly.get_or_insert_with(|| Reassembly {
+        next: 0,
+        in_window: 0,
+        segments: 0,
+        body: Vec::new(),
+    });
+    let window = seg.window.clamp(1, WINDOW);
+    let ack = |sequence: u8, nak: bool| {
+        let apdu = frame::segment_ack(key.1, sequence, window, nak);
+        let npci = Npci {
+            dest: key.0.route.map(|r| (r.network, Some(r.mac))),
+            ..Npci::default()
+        };
+        if let Ok(dg) = frame::encode_bvlc(
+            frame::BVLC_ORIGINAL_UNICAST,
+            None,
+            &frame::encode_npdu(&npci, &apdu),
+        ) {
+            if let Err(e) = shared.socket.try_send_to(&dg, key.0.ip) {
+                debug!(addr = %key.0, error = %e, "cannot send SegmentAck");
+            }
+        }
+    };
+    if seg.sequence != r.next {
+        ack(r.next.wrapping_sub(1), true);
+        r.in_window = 0;
+        return true;
+    }
+    r.body.extend_from_slice(body);
+    r.next = r.next.wrapping_add(1);
+    r.in_window = r.in_window.saturating_add(1);
+    r.segments += 1;
+    if r.segments > frame::MAX_SEGMENTS {
+        if let Some(tx) = pending.remove(&key).and_then(|p| p.tx) {
+            let _ = tx.send(Reply::Segmented);
+        }
+        return true;
+    }
+    if !seg.more {
+        ack(seg.sequence, false);
+        if let Some(p) = pending.remove(&key) {
+            let body = p.reassembly.map(|r| r.body).unwrap_or_default();
+            if let Some(tx) = p.tx {
+                let _ = tx.send(Reply::SegmentedAck(body));
+            }
+        }
+    } else if seg.sequence == 0 || r.in_window >= window {
+        ack(seg.sequence, false);
+        r.in_window = 0;
+    }
+    true
 }

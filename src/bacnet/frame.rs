@@ -53,6 +53,8 @@ pub(crate) enum Apdu<'a> {
         max_apdu: usize,
         /// A segmented request (we never reassemble one; the simulator rejects it).
         segmented: bool,
+        /// The requester accepts a segmented reply.
+        segmented_response_accepted: bool,
         body: &'a [u8],
     },
     Unconfirmed {
@@ -66,12 +68,19 @@ pub(crate) enum Apdu<'a> {
     ComplexAck {
         invoke_id: u8,
         service: u8,
-        /// A segment of a longer reply: incomplete, so never taken as the answer.
-        segmented: bool,
+        /// For a segment of a longer reply: its sequence number, the proposed
+        /// window size, and whether more segments follow.
+        segment: Option<Segment>,
         body: &'a [u8],
     },
     SegmentAck {
         invoke_id: u8,
+        /// The last segment received in order.
+        sequence: u8,
+        /// The window size the receiver accepts.
+        window: u8,
+        /// A negative acknowledgement: resend from `sequence + 1`.
+        nak: bool,
     },
     Error {
         invoke_id: u8,
@@ -86,6 +95,14 @@ pub(crate) enum Apdu<'a> {
         invoke_id: u8,
         reason: u8,
     },
+}
+
+/// Segmentation fields of a segmented ComplexAck (clause 20.1.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub sequence: u8,
+    pub window: u8,
+    pub more: bool,
 }
 
 impl Apdu<'_> {
@@ -223,6 +240,7 @@ fn decode_apdu(data: &[u8]) -> Result<Apdu<'_>, CodecError> {
     let apdu = match first >> 4 {
         0 => {
             let segmented = first & 0x08 != 0;
+            let segmented_response_accepted = first & 0x02 != 0;
             let limits = r.u8()?;
             let invoke_id = r.u8()?;
             if segmented {
@@ -234,6 +252,7 @@ fn decode_apdu(data: &[u8]) -> Result<Apdu<'_>, CodecError> {
                 service,
                 max_apdu: max_apdu_from_code(limits & 0x0f),
                 segmented,
+                segmented_response_accepted,
                 body: r.remaining(),
             }
         }
@@ -246,20 +265,28 @@ fn decode_apdu(data: &[u8]) -> Result<Apdu<'_>, CodecError> {
             service: r.u8()?,
         },
         3 => {
-            let segmented = first & 0x08 != 0;
             let invoke_id = r.u8()?;
-            if segmented {
-                r.take(2)?;
-            }
+            let segment = if first & 0x08 != 0 {
+                Some(Segment {
+                    sequence: r.u8()?,
+                    window: r.u8()?,
+                    more: first & 0x04 != 0,
+                })
+            } else {
+                None
+            };
             Apdu::ComplexAck {
                 invoke_id,
-                segmented,
+                segment,
                 service: r.u8()?,
                 body: r.remaining(),
             }
         }
         4 => Apdu::SegmentAck {
-            invoke_id: r.take(2)?[1],
+            nak: first & 0x02 != 0,
+            invoke_id: r.u8()?,
+            sequence: r.u8()?,
+            window: r.u8()?,
         },
         5 => Apdu::Error {
             invoke_id: r.u8()?,
@@ -384,8 +411,27 @@ pub(crate) fn encode_bvlc(
 }
 
 /// Confirmed-request header: unsegmented, segmented response not accepted, max APDU 1476.
+#[cfg(test)]
 pub(crate) fn confirmed_request_header(invoke_id: u8, service: u8) -> Vec<u8> {
     vec![0x00, 0x05, invoke_id, service]
+}
+
+/// Most segments of one reply this client accepts (advertised as "up to 64").
+pub(crate) const MAX_SEGMENTS: usize = 64;
+
+/// Confirmed-request header accepting a segmented reply of up to 64 segments of 1476 bytes.
+pub(crate) fn confirmed_request_header_segmented(invoke_id: u8, service: u8) -> Vec<u8> {
+    vec![0x02, 0x65, invoke_id, service]
+}
+
+/// A SegmentAck sent by the client (server bit clear).
+pub(crate) fn segment_ack(invoke_id: u8, sequence: u8, window: u8, nak: bool) -> Vec<u8> {
+    vec![
+        0x40 | if nak { 0x02 } else { 0 },
+        invoke_id,
+        sequence,
+        window,
+    ]
 }
 
 #[cfg(test)]
@@ -405,6 +451,7 @@ mod tests {
                 service: SERVICE_READ_PROPERTY,
                 max_apdu: 1476,
                 segmented: false,
+                segmented_response_accepted: false,
                 body: &[1, 2, 3],
             })
         );

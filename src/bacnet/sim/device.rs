@@ -99,6 +99,8 @@ pub(crate) struct DeviceState {
     pub objects: BTreeMap<ObjectId, SimObject>,
     pub frozen: bool,
     pub reads: u64,
+    /// The segments of the last segmented reply (invoke id, APDUs), for the socket loop.
+    pub outgoing: Option<(u8, Vec<Vec<u8>>)>,
     /// Properties asked for (each property of an RPM counts).
     pub properties: u64,
 }
@@ -160,6 +162,7 @@ impl DeviceState {
             objects,
             frozen: false,
             reads: 0,
+            outgoing: None,
             properties: 0,
         }
     }
@@ -195,6 +198,7 @@ impl DeviceState {
                 service,
                 max_apdu,
                 segmented,
+                segmented_response_accepted,
                 body,
             } => {
                 self.reads = self.reads.saturating_add(1);
@@ -202,7 +206,14 @@ impl DeviceState {
                     abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED)
                 } else {
                     let limit = max_apdu.min(self.config.max_apdu);
-                    self.confirmed(invoke_id, service, body, limit)
+                    let apdu = self.confirmed(invoke_id, service, body);
+                    if apdu.len() <= limit || apdu.first() != Some(&0x30) {
+                        apdu
+                    } else if segmented_response_accepted && self.config.segmentation {
+                        self.segment(invoke_id, service, &apdu, limit)
+                    } else {
+                        abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED)
+                    }
                 }
             }
             Apdu::Unconfirmed {
@@ -230,7 +241,7 @@ impl DeviceState {
         })
     }
 
-    fn confirmed(&mut self, invoke_id: u8, service: u8, body: &[u8], limit: usize) -> Vec<u8> {
+    fn confirmed(&mut self, invoke_id: u8, service: u8, body: &[u8]) -> Vec<u8> {
         let mut apdu = vec![0x30, invoke_id, service];
         match service {
             frame::SERVICE_READ_PROPERTY => {
@@ -256,10 +267,37 @@ impl DeviceState {
             }
             _ => return reject(invoke_id, frame::REJECT_UNRECOGNIZED_SERVICE),
         }
-        if apdu.len() > limit {
-            return abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED);
-        }
         apdu
+    }
+
+    /// Split a too-long ComplexAck into segments: keep them in `outgoing`
+    /// and return the first (the rest go as the client acknowledges).
+    fn segment(&mut self, invoke_id: u8, service: u8, apdu: &[u8], limit: usize) -> Vec<u8> {
+        let body = apdu.get(3..).unwrap_or(&[]);
+        let room = limit.saturating_sub(5).max(1);
+        let count = body.len().div_ceil(room);
+        if count > 64 {
+            return abort(invoke_id, frame::ABORT_BUFFER_OVERFLOW);
+        }
+        let segments: Vec<Vec<u8>> = body
+            .chunks(room)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let more = i + 1 < count;
+                let mut s = vec![
+                    0x38 | if more { 0x04 } else { 0 },
+                    invoke_id,
+                    i as u8,
+                    SEGMENT_WINDOW,
+                    service,
+                ];
+                s.extend_from_slice(chunk);
+                s
+            })
+            .collect();
+        let first = segments.first().cloned().unwrap_or_default();
+        self.outgoing = Some((invoke_id, segments));
+        first
     }
 
     fn read(&mut self, p: PropertyRef) -> PropertyResult {
@@ -348,6 +386,9 @@ fn analog(name: &str, value: f64, units: u32, drift: f64, monotonic: bool) -> Si
         monotonic,
     }
 }
+
+/// The window the simulator proposes for a segmented reply.
+const SEGMENT_WINDOW: u8 = 4;
 
 fn reject(invoke_id: u8, reason: u8) -> Vec<u8> {
     vec![0x60, invoke_id, reason]

@@ -16,6 +16,7 @@
 mod device;
 mod network;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -30,6 +31,7 @@ pub use device::SimScale;
 pub use network::{SimBbmd, SimRouted};
 
 use super::address::{DeviceAddress, Route};
+use super::frame;
 use super::points::PointSpec;
 use super::types::{ObjectId, ObjectType, PropertyId};
 
@@ -102,6 +104,9 @@ pub struct SimDeviceConfig {
     /// Answer reads of the wildcard device `device:4194303` (devices before
     /// 135-2004 do not; the client then asks for the configured device object).
     pub answers_wildcard: bool,
+    /// Segment replies longer than `max_apdu` when the request allows it
+    /// (window 4), instead of aborting with segmentation-not-supported.
+    pub segmentation: bool,
     /// Send replies from another socket (another port on the same IP), as a
     /// NAT or a gateway answering from its own socket does.
     pub reply_from_other_port: bool,
@@ -123,6 +128,7 @@ impl SimDeviceConfig {
             delay: Duration::ZERO,
             scale: SimScale::Integer(-1),
             answers_wildcard: true,
+            segmentation: false,
             reply_from_other_port: false,
         }
     }
@@ -322,6 +328,20 @@ impl Simulator {
     }
 }
 
+/// A client's SegmentAck: (invoke id, the next segment to send, its window);
+/// a NAK asks again from the segment after the one it names, as an ack does.
+fn segment_ack(data: &[u8]) -> Option<(u8, usize, u8)> {
+    match frame::decode_datagram(data).ok()?.apdu? {
+        frame::Apdu::SegmentAck {
+            invoke_id,
+            sequence,
+            window,
+            ..
+        } => Some((invoke_id, usize::from(sequence) + 1, window)),
+        _ => None,
+    }
+}
+
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.cancel.cancel();
@@ -335,6 +355,8 @@ async fn serve(
     cancel: CancellationToken,
 ) {
     let mut buf = vec![0u8; 2048];
+    // Segmented replies in progress: (client, invoke id) -> the segments.
+    let mut outgoing: HashMap<(SocketAddr, u8), Vec<Vec<u8>>> = HashMap::new();
     loop {
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -346,6 +368,25 @@ async fn serve(
                 }
             },
         };
+        if let Some((invoke_id, next, window)) = segment_ack(buf.get(..n).unwrap_or(&[])) {
+            let key = (from, invoke_id);
+            let done = match outgoing.get(&key) {
+                Some(segments) => {
+                    let end = (next + usize::from(window.max(1))).min(segments.len());
+                    for s in segments.get(next..end).unwrap_or(&[]) {
+                        if let Ok(dg) = frame::encode_datagram(false, false, s) {
+                            let _ = reply_socket.send_to(&dg, from).await;
+                        }
+                    }
+                    next >= segments.len()
+                }
+                None => false,
+            };
+            if done {
+                outgoing.remove(&key);
+            }
+            continue;
+        }
         let (reply, delay) = {
             let mut state = lock(&device.state);
             if state.config.dead {
@@ -360,6 +401,9 @@ async fn serve(
         let Some((reply, forwarded_from)) = reply else {
             continue;
         };
+        if let Some((invoke_id, segments)) = lock(&device.state).outgoing.take() {
+            outgoing.insert((from, invoke_id), segments);
+        }
         // A BBMD-forwarded request is answered straight to its originator.
         let from = forwarded_from.unwrap_or(from);
         if delay.is_zero() {
