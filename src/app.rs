@@ -33,6 +33,11 @@ impl App {
         }))
     }
 
+    /// The BACnet client if its socket is already bound (status reports never bind it).
+    pub fn bacnet_if_bound(&self) -> Option<Arc<UdpClient>> {
+        self.bacnet.get().cloned()
+    }
+
     /// The shared BACnet client, binding its socket on first use.
     ///
     /// Fails when BACNET_BIND cannot be bound (the error says what to change).

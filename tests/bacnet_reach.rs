@@ -3,6 +3,8 @@
 //! client on 127.0.0.1 to devices on another "subnet" (127.0.0.2/.3), and a
 //! receive buffer sized for the collector's concurrency.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -237,7 +239,7 @@ async fn refused_registration_is_visible_in_stats_and_status() {
     let e = status.last_error.unwrap_or_default();
     assert!(e.contains("refused the registration"), "{e}");
     // Nothing answers for an unknown BBMD either: named as such.
-    let nowhere = client_with_dead_bbmd().await;
+    let (nowhere, _silent) = client_with_dead_bbmd().await;
     wait_for("an unanswered registration", || {
         nowhere.stats().bbmd_failures >= 1
     })
@@ -250,19 +252,19 @@ async fn refused_registration_is_visible_in_stats_and_status() {
     assert!(e.contains("no answer from the BBMD"), "{e}");
 }
 
-async fn client_with_dead_bbmd() -> UdpClient {
-    // A bound socket that never answers.
+/// A client registering with a bound socket that never answers (returned to keep it bound).
+async fn client_with_dead_bbmd() -> (UdpClient, std::net::UdpSocket) {
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap();
-    std::mem::forget(silent);
-    UdpClient::bind(BacnetConfig {
+    let client = UdpClient::bind(BacnetConfig {
         timeout: Duration::from_millis(100),
         retries: 1,
         bbmd: Some(addr),
         ..local()
     })
     .await
-    .unwrap()
+    .unwrap();
+    (client, silent)
 }
 
 /// Issue 11: at COLLECT_CONCURRENCY=200 replies were lost in the kernel's
@@ -303,4 +305,55 @@ async fn receive_buffer_is_sized_for_the_concurrency_and_drops_are_counted() {
         r.unwrap();
     }
     assert_eq!(client.stats().socket_drops, 0, "{:?}", client.stats());
+}
+
+/// Registration failures and the socket's counters are visible through MCP
+/// `connection_status` (a real client over stdio; no database needed).
+#[tokio::test]
+async fn connection_status_reports_the_bacnet_client_and_bbmd() -> anyhow::Result<()> {
+    let mut sim = Simulator::start(vec![SimDeviceConfig::new(7301, on([127, 0, 0, 2]))]).await?;
+    let subnet = vec![sim.devices()[0].addr()];
+    let bbmd = sim.add_bbmd(on([127, 0, 0, 2]), subnet, true).await?;
+    let refusing = sim.add_bbmd(on([127, 0, 0, 2]), vec![], false).await?;
+    for (bbmd_addr, registered) in [(bbmd.addr, true), (refusing.addr, false)] {
+        let mut env = common::base_env();
+        env.insert("POSTGRES_SYNC_PORT".into(), "1".into());
+        env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
+        env.insert("BACNET_BBMD".into(), bbmd_addr.to_string());
+        env.insert("BACNET_TIMEOUT_MS".into(), "300".into());
+        let mcp = common::Mcp::start(&env, &["serve"], "bacnet_status").await?;
+        let cs = mcp
+            .call_ok("connection_status", serde_json::json!({}))
+            .await?;
+        assert_eq!(cs["bacnet"]["bound"], false, "{cs}");
+        assert_eq!(cs["bacnet"]["bbmd"]["bbmd"], bbmd_addr.to_string(), "{cs}");
+        // Discovery opens the socket (and so registers); a broadcast goes through the BBMD.
+        let found = mcp
+            .call_ok("discover_devices", serde_json::json!({"timeout_ms": 500}))
+            .await?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let cs = loop {
+            let cs = mcp
+                .call_ok("connection_status", serde_json::json!({}))
+                .await?;
+            let b = &cs["bacnet"]["bbmd"];
+            if b["registered"] == registered && (registered || b["failures"].as_u64() >= Some(1)) {
+                break cs;
+            }
+            assert!(Instant::now() < deadline, "{cs}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let b = &cs["bacnet"];
+        assert_eq!(b["bound"], true, "{cs}");
+        assert!(b["stats"]["recv_buffer_bytes"].as_u64() > Some(0), "{cs}");
+        if registered {
+            assert_eq!(found["devices"][0]["instance"], 7301, "{found}");
+            assert_eq!(b["bbmd"]["last_error"], serde_json::Value::Null, "{cs}");
+        } else {
+            let e = b["bbmd"]["last_error"].as_str().unwrap_or_default();
+            assert!(e.contains("refused the registration"), "{cs}");
+        }
+        mcp.close().await?;
+    }
+    Ok(())
 }

@@ -161,6 +161,44 @@ pub trait BacnetClient: Send + Sync {
     }
 }
 
+/// The BACnet client's state for `connection_status` and health.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct BacnetStatus {
+    /// Whether the socket is open (it opens on the first read or discovery).
+    pub bound: bool,
+    /// The local address it is bound to.
+    pub local_addr: Option<String>,
+    /// What the client has seen (requests, garbage, kernel drops, ...).
+    pub stats: Option<ClientStats>,
+    /// The foreign-device registration, when BACNET_BBMD is set.
+    pub bbmd: Option<BbmdStatus>,
+}
+
+/// The status of `client` (`None`: not bound yet), with the configured BBMD.
+pub fn status(client: Option<&UdpClient>, bbmd: Option<SocketAddr>) -> BacnetStatus {
+    match client {
+        Some(c) => BacnetStatus {
+            bound: true,
+            local_addr: c.local_addr().ok().map(|a| a.to_string()),
+            stats: Some(c.stats()),
+            bbmd: c.bbmd_status(),
+        },
+        None => BacnetStatus {
+            bound: false,
+            local_addr: None,
+            stats: None,
+            bbmd: bbmd.map(|b| BbmdStatus {
+                bbmd: b.to_string(),
+                last_error: Some(
+                    "not registered yet: the BACnet socket opens on the first read or discovery"
+                        .into(),
+                ),
+                ..BbmdStatus::default()
+            }),
+        },
+    }
+}
+
 /// Everything that can go wrong talking BACnet; [`BacnetError::is_retryable`]
 /// says whether trying again later can help.
 #[derive(Debug, thiserror::Error)]
