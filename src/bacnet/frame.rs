@@ -51,8 +51,9 @@ pub(crate) enum Apdu<'a> {
         service: u8,
         /// Largest APDU the requester accepts.
         max_apdu: usize,
-        /// A segmented request (we never reassemble one; the simulator rejects it).
-        segmented: bool,
+        /// For a segment of a segmented request: its sequence number,
+        /// proposed window and whether more follow (the simulator reassembles).
+        segment: Option<Segment>,
         /// The requester accepts a segmented reply.
         segmented_response_accepted: bool,
         body: &'a [u8],
@@ -74,6 +75,8 @@ pub(crate) enum Apdu<'a> {
         body: &'a [u8],
     },
     SegmentAck {
+        /// Sent by the server (acknowledging a segmented request).
+        server: bool,
         invoke_id: u8,
         /// The last segment received in order.
         sequence: u8,
@@ -239,19 +242,24 @@ fn decode_apdu(data: &[u8]) -> Result<Apdu<'_>, CodecError> {
     let first = r.u8()?;
     let apdu = match first >> 4 {
         0 => {
-            let segmented = first & 0x08 != 0;
             let segmented_response_accepted = first & 0x02 != 0;
             let limits = r.u8()?;
             let invoke_id = r.u8()?;
-            if segmented {
-                r.take(2)?;
-            }
+            let segment = if first & 0x08 != 0 {
+                Some(Segment {
+                    sequence: r.u8()?,
+                    window: r.u8()?,
+                    more: first & 0x04 != 0,
+                })
+            } else {
+                None
+            };
             let service = r.u8()?;
             Apdu::ConfirmedRequest {
                 invoke_id,
                 service,
                 max_apdu: max_apdu_from_code(limits & 0x0f),
-                segmented,
+                segment,
                 segmented_response_accepted,
                 body: r.remaining(),
             }
@@ -283,6 +291,7 @@ fn decode_apdu(data: &[u8]) -> Result<Apdu<'_>, CodecError> {
             }
         }
         4 => Apdu::SegmentAck {
+            server: first & 0x01 != 0,
             nak: first & 0x02 != 0,
             invoke_id: r.u8()?,
             sequence: r.u8()?,
@@ -434,6 +443,32 @@ pub(crate) fn segment_ack(invoke_id: u8, sequence: u8, window: u8, nak: bool) ->
     ]
 }
 
+/// A SegmentAck sent by a server (the simulator), for a segmented request.
+pub(crate) fn server_segment_ack(invoke_id: u8, sequence: u8, window: u8) -> Vec<u8> {
+    vec![0x41, invoke_id, sequence, window]
+}
+
+/// One segment of a segmented confirmed request (accepting a segmented reply too).
+pub(crate) fn request_segment(
+    invoke_id: u8,
+    service: u8,
+    sequence: u8,
+    window: u8,
+    more: bool,
+    chunk: &[u8],
+) -> Vec<u8> {
+    let mut out = vec![
+        0x0a | if more { 0x04 } else { 0 },
+        0x65,
+        invoke_id,
+        sequence,
+        window,
+        service,
+    ];
+    out.extend_from_slice(chunk);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,7 +485,7 @@ mod tests {
                 invoke_id: 7,
                 service: SERVICE_READ_PROPERTY,
                 max_apdu: 1476,
-                segmented: false,
+                segment: None,
                 segmented_response_accepted: false,
                 body: &[1, 2, 3],
             })

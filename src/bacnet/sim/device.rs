@@ -197,12 +197,13 @@ impl DeviceState {
                 invoke_id,
                 service,
                 max_apdu,
-                segmented,
+                segment,
                 segmented_response_accepted,
                 body,
             } => {
                 self.reads = self.reads.saturating_add(1);
-                if segmented {
+                // Segmented requests are put together by the socket loop first.
+                if segment.is_some() {
                     abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED)
                 } else {
                     let limit = max_apdu.min(self.config.max_apdu);

@@ -328,11 +328,89 @@ impl Simulator {
     }
 }
 
+/// A segmented request being received.
+struct Incoming {
+    service: u8,
+    next: u8,
+    in_window: u8,
+    body: Vec<u8>,
+}
+
+/// What one datagram does to the segmented requests being received.
+enum Step {
+    /// Not a segment of a request: handle it as usual.
+    NotASegment,
+    /// Send this SegmentAck; with the whole request (a datagram) when it was the last segment.
+    Ack(Vec<u8>, Option<Vec<u8>>),
+    /// A segment out of order or unknown: nothing to do.
+    Ignore,
+}
+
+/// The window the simulator accepts for a segmented request.
+const REQUEST_WINDOW: u8 = 4;
+
+fn take_request_segment(
+    incoming: &mut HashMap<(SocketAddr, u8), Incoming>,
+    data: &[u8],
+    from: SocketAddr,
+) -> Step {
+    let Some(frame::Apdu::ConfirmedRequest {
+        invoke_id,
+        service,
+        segment: Some(seg),
+        body,
+        ..
+    }) = frame::decode_datagram(data).ok().and_then(|d| d.apdu)
+    else {
+        return Step::NotASegment;
+    };
+    let key = (from, invoke_id);
+    if seg.sequence == 0 {
+        incoming.insert(
+            key,
+            Incoming {
+                service,
+                next: 0,
+                in_window: 0,
+                body: Vec::new(),
+            },
+        );
+    }
+    let Some(inc) = incoming.get_mut(&key) else {
+        return Step::Ignore;
+    };
+    let window = seg.window.clamp(1, REQUEST_WINDOW);
+    if seg.sequence != inc.next || service != inc.service || inc.body.len() > 64 * 1476 {
+        return Step::Ack(
+            frame::server_segment_ack(invoke_id, inc.next.wrapping_sub(1), window),
+            None,
+        );
+    }
+    inc.body.extend_from_slice(body);
+    inc.next = inc.next.wrapping_add(1);
+    inc.in_window += 1;
+    let ack = frame::server_segment_ack(invoke_id, seg.sequence, window);
+    if !seg.more {
+        let Some(inc) = incoming.remove(&key) else {
+            return Step::Ignore;
+        };
+        let mut apdu = vec![0x02, 0x05, invoke_id, inc.service];
+        apdu.extend_from_slice(&inc.body);
+        return Step::Ack(ack, frame::encode_datagram(false, true, &apdu).ok());
+    }
+    if seg.sequence == 0 || inc.in_window >= window {
+        inc.in_window = 0;
+        return Step::Ack(ack, None);
+    }
+    Step::Ignore
+}
+
 /// A client's SegmentAck: (invoke id, the next segment to send, its window);
 /// a NAK asks again from the segment after the one it names, as an ack does.
 fn segment_ack(data: &[u8]) -> Option<(u8, usize, u8)> {
     match frame::decode_datagram(data).ok()?.apdu? {
         frame::Apdu::SegmentAck {
+            server: false,
             invoke_id,
             sequence,
             window,
@@ -357,6 +435,9 @@ async fn serve(
     let mut buf = vec![0u8; 2048];
     // Segmented replies in progress: (client, invoke id) -> the segments.
     let mut outgoing: HashMap<(SocketAddr, u8), Vec<Vec<u8>>> = HashMap::new();
+    // Segmented requests being received: (client, invoke id) -> what came so far.
+    let mut incoming: HashMap<(SocketAddr, u8), Incoming> = HashMap::new();
+    let mut whole: Vec<u8>;
     loop {
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -387,6 +468,25 @@ async fn serve(
             }
             continue;
         }
+        let mut data = buf.get(..n).unwrap_or(&[]);
+        if lock(&device.state).config.segmentation {
+            match take_request_segment(&mut incoming, data, from) {
+                Step::NotASegment => {}
+                Step::Ack(ack, complete) => {
+                    if let Ok(dg) = frame::encode_datagram(false, false, &ack) {
+                        let _ = reply_socket.send_to(&dg, from).await;
+                    }
+                    match complete {
+                        Some(request) => {
+                            whole = request;
+                            data = &whole;
+                        }
+                        None => continue,
+                    }
+                }
+                Step::Ignore => continue,
+            }
+        }
         let (reply, delay) = {
             let mut state = lock(&device.state);
             if state.config.dead {
@@ -394,7 +494,7 @@ async fn serve(
                 continue;
             }
             (
-                state.handle_datagram(buf.get(..n).unwrap_or(&[])),
+                state.handle_datagram(data),
                 state.config.delay,
             )
         };
