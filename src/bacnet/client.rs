@@ -40,11 +40,10 @@ use crate::bacnet::meta::MeterCache;
 /// Largest UDP payload we accept (BACnet/IP's is 1497); longer ones are truncated and fail to decode.
 const RECV_BUFFER: usize = 2048;
 /// Properties per ReadPropertyMultiple until a device's aborts teach us a
-/// smaller number: as many as fit one 1476-byte request (about 6 bytes per
-/// property when values and status-flags are asked together). A device that
-/// segments answers them in one segmented reply; one that does not aborts,
-/// and the chunk is halved until the reply fits (learned once per device).
-const DEFAULT_CHUNK: usize = 1400 / 6;
+/// smaller number: enough for a 400-point meter's values and status-flags in
+/// one exchange with a device that segments. One that does not aborts, and
+/// the chunk is halved until request and reply fit (learned once per device).
+const DEFAULT_CHUNK: usize = 1024;
 /// Error given to a single property whose reply the device cannot send unsegmented
 /// (class communication, code abort-segmentation-not-supported).
 const TOO_LONG: ErrorCode = ErrorCode { class: 7, code: 54 };
@@ -125,6 +124,8 @@ struct Pending {
     tx: Option<oneshot::Sender<Reply>>,
     /// A segmented reply being put together.
     reassembly: Option<Reassembly>,
+    /// Where the device's SegmentAcks go while a segmented request is sent.
+    acks: Option<mpsc::UnboundedSender<(u8, u8, bool)>>,
     /// Addresses a reply with this invoke id and service came from instead.
     strays: Vec<SocketAddr>,
 }
@@ -334,23 +335,54 @@ impl UdpClient {
             expecting_reply: true,
             ..Npci::default()
         };
-        let datagram = frame::encode_bvlc(
-            frame::BVLC_ORIGINAL_UNICAST,
-            None,
-            &frame::encode_npdu(&npci, &apdu),
-        )
-        .map_err(|source| BacnetError::Malformed {
+        let malformed = |source| BacnetError::Malformed {
             addr: device.addr,
             device: device.instance,
             source,
-        })?;
+        };
+        let wrap = |apdu: &[u8]| {
+            frame::encode_bvlc(
+                frame::BVLC_ORIGINAL_UNICAST,
+                None,
+                &frame::encode_npdu(&npci, apdu),
+            )
+        };
+        let datagram = wrap(&apdu).map_err(malformed)?;
+        // A request longer than one APDU goes as segments (clause 5.4.4).
+        let segments = if apdu.len() > MAX_APDU {
+            let chunks: Vec<&[u8]> = body.chunks(MAX_APDU - 6).collect();
+            if chunks.len() > frame::MAX_SEGMENTS {
+                return Ok(Reply::Abort(frame::ABORT_APDU_TOO_LONG));
+            }
+            let last = chunks.len().saturating_sub(1);
+            let segs = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, chunk)| {
+                    wrap(&frame::request_segment(
+                        invoke_id,
+                        service,
+                        i as u8,
+                        WINDOW,
+                        i < last,
+                        chunk,
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(malformed)?;
+            Some(segs)
+        } else {
+            None
+        };
         let (tx, mut rx) = oneshot::channel();
+        let (acks_tx, mut acks) = mpsc::unbounded_channel();
         let key = (device.addr, invoke_id);
         lock(&self.shared.pending).insert(
             key,
             Pending {
                 service,
                 tx: Some(tx),
+                acks: segments.as_ref().map(|_| acks_tx),
                 reassembly: None,
                 strays: Vec::new(),
             },
@@ -366,7 +398,25 @@ impl UdpClient {
                 .counters
                 .requests_sent
                 .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.shared.socket.send_to(&datagram, device.addr.ip).await {
+            if let Some(segs) = &segments {
+                match self
+                    .send_segments(device.addr.ip, segs, &mut acks, &mut rx)
+                    .await
+                {
+                    Segmented::Sent => {}
+                    Segmented::Answered(reply) => return Ok(reply),
+                    Segmented::Closed => return Err(BacnetError::Closed),
+                    Segmented::TimedOut => {
+                        debug!(addr = %device.addr, attempt, "segmented request not acknowledged");
+                        continue;
+                    }
+                    Segmented::SendFailed(e) => {
+                        debug!(addr = %device.addr, attempt, error = %e, "BACnet send failed");
+                        send_error = Some(e);
+                        continue;
+                    }
+                }
+            } else if let Err(e) = self.shared.socket.send_to(&datagram, device.addr.ip).await {
                 debug!(addr = %device.addr, attempt, error = %e, "BACnet send failed");
                 send_error = Some(e);
             }
@@ -410,6 +460,52 @@ impl UdpClient {
                     .unwrap_or(u64::MAX),
             },
         })
+    }
+
+    /// Send a segmented request: the first segment alone, then windows of the
+    /// size the device acknowledges, each waiting for its SegmentAck (a NAK
+    /// resends from the segment after the one it names).
+    async fn send_segments(
+        &self,
+        to: SocketAddr,
+        segs: &[Vec<u8>],
+        acks: &mut mpsc::UnboundedReceiver<(u8, u8, bool)>,
+        rx: &mut oneshot::Receiver<Reply>,
+    ) -> Segmented {
+        let mut next = 0usize;
+        let mut window = 1usize;
+        while next < segs.len() {
+            let end = (next + window).min(segs.len());
+            for s in segs.get(next..end).unwrap_or(&[]) {
+                if let Err(e) = self.shared.socket.send_to(s, to).await {
+                    return Segmented::SendFailed(e);
+                }
+            }
+            let ack = tokio::select! {
+                biased;
+                r = &mut *rx => return match r {
+                    Ok(reply) => Segmented::Answered(reply),
+                    Err(_) => Segmented::Closed,
+                },
+                a = acks.recv() => a,
+                _ = tokio::time::sleep(self.shared.config.timeout) => return Segmented::TimedOut,
+            };
+            let Some((sequence, win, _nak)) = ack else {
+                // The request ended (answered, and its acks channel dropped with it).
+                return match (&mut *rx).await {
+                    Ok(reply) => Segmented::Answered(reply),
+                    Err(_) => Segmented::Closed,
+                };
+            };
+            window = usize::from(win.max(1));
+            // Segments never number past 63 here; 255 (0 - 1) NAKs the first one.
+            next = if sequence == 255 {
+                0
+            } else {
+                usize::from(sequence) + 1
+            };
+        }
+        Segmented::Sent
     }
 
     async fn read_all(
@@ -676,9 +772,12 @@ impl UdpClient {
     }
 }
 
-/// Largest ReadPropertyMultiple request body planned: it must fit one
-/// unsegmented 1476-byte APDU with its headers.
-const MAX_REQUEST_BYTES: usize = 1400;
+/// Largest APDU on BACnet/IP: a longer request is sent in segments.
+const MAX_APDU: usize = 1476;
+/// Largest ReadPropertyMultiple request body planned: what 64 segments hold.
+/// A device that does not take segmented requests aborts, and the request is
+/// halved until it fits (learned once per device).
+const MAX_REQUEST_BYTES: usize = 64 * (MAX_APDU - 6);
 
 /// Split `props` into consecutive ranges of at most `max_count` properties
 /// whose encoded request stays within [`MAX_REQUEST_BYTES`].
@@ -703,6 +802,18 @@ fn plan_chunks(props: &[PropertyRef], max_count: usize) -> VecDeque<(usize, usiz
         out.push_back((start, props.len()));
     }
     out
+}
+
+/// How sending a segmented request ended.
+enum Segmented {
+    /// Every segment acknowledged: the reply follows.
+    Sent,
+    /// The device answered before the last segment (an abort or reject).
+    Answered(Reply),
+    /// No SegmentAck within the timeout.
+    TimedOut,
+    SendFailed(std::io::Error),
+    Closed,
 }
 
 enum Rpm {
@@ -852,6 +963,30 @@ fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
                 shared.counters.garbage.fetch_add(1, Ordering::Relaxed);
                 debug!(%from, error = %e, "dropping malformed I-Am");
             }
+        }
+        return;
+    }
+    if let Apdu::SegmentAck {
+        server: true,
+        invoke_id,
+        sequence,
+        window,
+        nak,
+    } = apdu
+    {
+        let key = (
+            DeviceAddress {
+                ip: from,
+                route: datagram.source,
+            },
+            invoke_id,
+        );
+        let sent = lock(&shared.pending)
+            .get(&key)
+            .and_then(|p| p.acks.as_ref())
+            .is_some_and(|a| a.send((sequence, window, nak)).is_ok());
+        if !sent {
+            unmatched();
         }
         return;
     }

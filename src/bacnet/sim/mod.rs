@@ -493,10 +493,7 @@ async fn serve(
                 state.reads = state.reads.saturating_add(1);
                 continue;
             }
-            (
-                state.handle_datagram(data),
-                state.config.delay,
-            )
+            (state.handle_datagram(data), state.config.delay)
         };
         let Some((reply, forwarded_from)) = reply else {
             continue;
