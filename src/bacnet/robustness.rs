@@ -80,6 +80,25 @@ fn seed_corpus() -> Vec<Vec<u8>> {
     segment.extend_from_slice(rpm_ack.get(3..).unwrap_or(&[]));
     apdus.push(segment);
     apdus.push(frame::segment_ack(7, 0, 16, false));
+    apdus.push(frame::server_segment_ack(7, 0, 4));
+    let rpm_body = seg_rpm_body(pv, sf);
+    let half = rpm_body.len() / 2;
+    apdus.push(frame::request_segment(
+        9,
+        frame::SERVICE_READ_PROPERTY_MULTIPLE,
+        0,
+        16,
+        true,
+        rpm_body.get(..half).unwrap_or(&[]),
+    ));
+    apdus.push(frame::request_segment(
+        9,
+        frame::SERVICE_READ_PROPERTY_MULTIPLE,
+        1,
+        16,
+        false,
+        rpm_body.get(half..).unwrap_or(&[]),
+    ));
     apdus.push(frame::segment_ack(7, 3, 16, true));
     // A confirmed request accepting a segmented reply.
     let mut seg_rpm =
@@ -145,6 +164,12 @@ fn seed_corpus() -> Vec<Vec<u8>> {
     out.extend(frame::encode_bvlc(frame::BVLC_RESULT, None, &[0, 0x30]).ok());
     out.extend(frame::encode_bvlc(frame::BVLC_REGISTER_FOREIGN_DEVICE, None, &[1, 44]).ok());
     out
+}
+
+fn seg_rpm_body(a: PropertyRef, b: PropertyRef) -> Vec<u8> {
+    let mut body = Vec::new();
+    services::encode_rpm(&mut body, &[a, b]);
+    body
 }
 
 /// A random buffer, or a seed with a few bytes flipped, inserted, removed or truncated.
