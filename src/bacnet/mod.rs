@@ -13,21 +13,25 @@
 //! crate declares 1.88), `bacnet-client` alone is ~39,000 lines (with its
 //! tests) on top of a dozen `bacnet-*` crates, for the four services we use;
 //! one interop bug was reported to us (a segment window of 2 acknowledged
-//! late; not re-checked here, since we avoid segmentation), and the behaviours the
-//! product needs (split a ReadPropertyMultiple when the device aborts with
-//! segmentation-not-supported, fall back to ReadProperty, one request in
-//! flight per device, count and drop garbage) would sit in our code on top of
-//! it anyway. So this module is a small defensive codec (BVLC, NPDU, APDU,
-//! ReadProperty, ReadPropertyMultiple, Who-Is/I-Am; no segmentation: requests
-//! are chunked to fit and split further on an abort) with a tokio client and a
-//! loopback simulator. Its decode path is fuzzed (`fuzz/`) and a unit test
-//! decodes 200,000 random and mutated datagrams on every `cargo test`.
+//! late), and the behaviours the product needs (split a ReadPropertyMultiple
+//! when the device aborts with segmentation-not-supported, fall back to
+//! ReadProperty, one request in flight per device, count and drop garbage)
+//! would sit in our code on top of it anyway. So this module is a small
+//! defensive codec (BVLC with foreign-device registration and forwarding,
+//! NPDU with routing, APDU with segmentation, ReadProperty,
+//! ReadPropertyMultiple, Who-Is/I-Am, Who-Is-Router-To-Network) with a tokio
+//! client and a loopback simulator (devices, a router, a BBMD). Its decode
+//! path is fuzzed (`fuzz/`) and a unit test decodes 200,000 random and
+//! mutated datagrams on every `cargo test`.
 //!
 //! # Map
 //! - [`types`]: object/property identifiers, values, per-property results.
 //! - `tags`, `frame`, `services`: the codec (private; [`fuzz_decode`] exposes it to the fuzzer).
-//! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`].
+//! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`]
+//!   (segmentation, routing, unexpected-source detection); `bbmd` registers it
+//!   as a foreign device; `drops` reads the kernel's drop counters.
 //! - [`read`]: [`read_meter`] and [`discover_devices`], what the collector and the MCP tools call.
+//! - [`meta`]: [`MeterCache`], identity, units and scales learned once per meter definition.
 //! - [`address`]: a meter's `address` (`ip[:port]` or `network:mac@ip[:port]`).
 //! - [`points`]: the `points` JSON of a meter.
 //! - [`units`]: engineering units as readable symbols.
@@ -36,7 +40,8 @@
 //! # Guarantees
 //! Nothing received from the network can panic this module: every decoder
 //! returns a `Result`, every read is bounds-checked, and a datagram that does
-//! not decode or match a pending request is counted and dropped.
+//! not decode or match a pending request is counted and dropped. Values are
+//! returned only from a device verified to be the configured instance.
 
 pub mod address;
 mod bbmd;

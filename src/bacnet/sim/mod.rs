@@ -6,9 +6,15 @@
 //! vendor-identifier), analog-inputs 1-7 (energy kWh, power kW, voltage V,
 //! current A, frequency Hz, power factor, reactive power kvar), accumulator 1
 //! (kWh pulses with a scale) and optionally `extra_points` analog-inputs from
-//! 100 up. Values drift on every read unless frozen. Per device: RPM support,
-//! max APDU, a response delay, and "dead" (never answers) are configurable;
-//! [`SimDevice`] sets values, faults and counts requests.
+//! 100 up, plus one object of each other readable type (analog-value,
+//! binary-input/value, multi-state-input/value, integer-value,
+//! positive-integer-value, large-analog-value, instance 1). Values drift on
+//! every read unless frozen. Per device: RPM support, max APDU, segmentation,
+//! the wildcard device instance, a response delay, replying from another
+//! port, and "dead" (never answers) are configurable; [`SimDevice`] sets
+//! values, faults and scales and counts requests and properties.
+//! [`Simulator::add_router`] adds a BACnet router with MS/TP-style networks
+//! behind it, [`Simulator::add_bbmd`] a BBMD (see `network`).
 //!
 //! Guarantees: no input datagram can panic the simulator; dropping the
 //! [`Simulator`] stops its tasks, [`Simulator::shutdown`] also waits for them.
