@@ -357,3 +357,37 @@ async fn connection_status_reports_the_bacnet_client_and_bbmd() -> anyhow::Resul
     }
     Ok(())
 }
+
+/// BACNET_BBMD and BACNET_BBMD_TTL_S: defaults, the default port, and errors naming the variable.
+#[test]
+fn bbmd_variables_parse_and_bad_values_name_the_variable() {
+    use metersync::config::Config;
+    use std::collections::HashMap;
+    let vars = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let c = Config::from_vars(&vars(&[])).unwrap();
+    assert_eq!(c.bacnet_bbmd, None);
+    assert_eq!(c.bacnet_bbmd_ttl, Duration::from_secs(300));
+    let c = Config::from_vars(&vars(&[
+        ("BACNET_BBMD", "192.168.2.1"),
+        ("BACNET_BBMD_TTL_S", "60"),
+    ]))
+    .unwrap();
+    assert_eq!(c.bacnet_bbmd, Some("192.168.2.1:47808".parse().unwrap()));
+    assert_eq!(c.bacnet_bbmd_ttl, Duration::from_secs(60));
+    for (var, bad) in [
+        ("BACNET_BBMD", "bbmd.local:47808"),
+        ("BACNET_BBMD", "2001:5@10.0.0.1"),
+        ("BACNET_BBMD_TTL_S", "9"),
+        ("BACNET_BBMD_TTL_S", "65536"),
+    ] {
+        let e = Config::from_vars(&vars(&[(var, bad)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(var), "{var}={bad}: {e}");
+    }
+}
