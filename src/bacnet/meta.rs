@@ -118,13 +118,23 @@ impl MeterCache {
     }
 
     pub(crate) fn put(&self, device: Device, points: &[PointSpec], meta: Vec<PointMeta>) {
+        self.put_learned_at(device, points, meta, Instant::now());
+    }
+
+    fn put_learned_at(
+        &self,
+        device: Device,
+        points: &[PointSpec],
+        meta: Vec<PointMeta>,
+        learned: Instant,
+    ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.insert(
             (device.addr, device.instance),
             Entry {
                 points: key_points(points),
                 meta,
-                learned: Instant::now(),
+                learned,
             },
         );
     }
@@ -149,6 +159,52 @@ impl MeterCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entries_match_the_definition_and_expire_after_a_day() {
+        let cache = MeterCache::default();
+        let device = Device {
+            addr: DeviceAddress::direct("127.0.0.1:47808".parse().unwrap()),
+            instance: 7,
+        };
+        let point = |object: &str| PointSpec {
+            name: "p".into(),
+            object: ObjectId::parse(object).unwrap(),
+            property: PropertyId::PRESENT_VALUE,
+        };
+        let points = vec![point("analog-input:1")];
+        let meta = vec![PointMeta {
+            unit: Some("kWh".into()),
+            scale: Ok(None),
+        }];
+        cache.put(device, &points, meta.clone());
+        assert_eq!(cache.get(device, &points), Some(meta.clone()));
+        // Another definition, another instance, another address: learned again.
+        assert_eq!(cache.get(device, &[point("analog-input:2")]), None);
+        assert_eq!(
+            cache.get(
+                Device {
+                    instance: 8,
+                    ..device
+                },
+                &points
+            ),
+            None
+        );
+        let moved = Device {
+            addr: DeviceAddress::direct("127.0.0.2:47808".parse().unwrap()),
+            ..device
+        };
+        assert_eq!(cache.get(moved, &points), None);
+        // A day old: learned again.
+        let old = Instant::now().checked_sub(MAX_AGE + Duration::from_secs(1));
+        if let Some(old) = old {
+            cache.put_learned_at(device, &points, meta, old);
+            assert_eq!(cache.get(device, &points), None);
+        }
+        cache.forget(device);
+        assert!(cache.is_empty());
+    }
 
     #[test]
     fn float_scale_is_exact_decimal() {
