@@ -95,13 +95,13 @@ pub async fn read_meter(
                 property: PropertyId::UNITS,
             });
             if is_scaled(point.object, point.property) {
-                scaled.push(props.len());
+                scaled.push(Some(props.len()));
                 props.push(PropertyRef {
                     object: point.object,
                     property: PropertyId::SCALE,
                 });
             } else {
-                scaled.push(usize::MAX);
+                scaled.push(None);
             }
         }
     }
@@ -123,19 +123,19 @@ pub async fn read_meter(
             verify(client, device, results.first()).await?;
             let mut at = 1;
             let mut meta = Vec::with_capacity(points.len());
-            for (point, scale_at) in points.iter().zip(&scaled) {
+            for scale_at in &scaled {
                 let unit = match results.get(at) {
                     Some(Ok(Value::Enumerated(u))) => unit_symbol(*u),
                     _ => None,
                 };
                 at += 1;
-                let scale = if *scale_at == usize::MAX {
-                    Ok(None)
-                } else {
-                    at += 1;
-                    scale_of(results.get(*scale_at)).map(Some)
+                let scale = match scale_at {
+                    None => Ok(None),
+                    Some(i) => {
+                        at += 1;
+                        scale_of(results.get(*i)).map(Some)
+                    }
                 };
-                let _ = point;
                 meta.push(PointMeta { unit, scale });
             }
             if let Some(cache) = cache {
