@@ -51,6 +51,7 @@ mod frame;
 pub mod meta;
 pub mod points;
 pub mod read;
+mod receive;
 #[cfg(test)]
 mod robustness;
 mod services;
