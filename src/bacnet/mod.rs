@@ -56,6 +56,7 @@ mod receive;
 mod robustness;
 mod services;
 pub mod sim;
+mod socket;
 mod tags;
 pub mod types;
 pub mod units;
