@@ -28,8 +28,11 @@
 //! - [`types`]: object/property identifiers, values, per-property results.
 //! - `tags`, `frame`, `services`: the codec (private; [`fuzz_decode`] exposes it to the fuzzer).
 //! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`]
-//!   (segmentation, routing, unexpected-source detection); `bbmd` registers it
-//!   as a foreign device; `drops` reads the kernel's drop counters.
+//!   (requests, segmentation, routing); `receive` dispatches what arrives
+//!   (replies, segments, I-Am, strays from unexpected addresses); `discovery`
+//!   sends Who-Is and Who-Is-Router-To-Network; `socket` opens the sized
+//!   socket and holds [`ClientStats`]; `bbmd` registers as a foreign device;
+//!   `drops` reads the kernel's drop counters.
 //! - [`read`]: [`read_meter`] and [`discover_devices`], what the collector and the MCP tools call.
 //! - [`meta`]: [`MeterCache`], identity, units and scales learned once per meter definition.
 //! - [`address`]: a meter's `address` (`ip[:port]` or `network:mac@ip[:port]`).
@@ -46,6 +49,7 @@
 pub mod address;
 mod bbmd;
 pub mod client;
+mod discovery;
 mod drops;
 mod frame;
 pub mod meta;
