@@ -710,3 +710,24 @@ async fn big_device_answers_in_segmented_replies() {
         seg.requests()
     );
 }
+
+/// A lost segment is NAKed and sent again: the read completes within its first try.
+#[tokio::test]
+async fn a_lost_segment_is_negatively_acknowledged_and_resent() {
+    let mut config = SimDeviceConfig::new(5601, loopback());
+    config.extra_points = 400;
+    config.segmentation = true;
+    config.lose_segment_once = Some(2);
+    let sim = Simulator::start(vec![config]).await.unwrap();
+    let d = &sim.devices()[0];
+    d.freeze(true);
+    let (objects, points) = extra_points_json(400);
+    // One try only: a timeout would fail the read.
+    let client = client(Duration::from_millis(2000), 0).await;
+    let r = read_meter(&client, device(d), &points).await.unwrap();
+    assert_matches_sim(&r, d, &objects);
+    // First contact (metadata + values: 1201 properties) is two segmented exchanges.
+    assert_eq!(d.requests(), 2);
+    assert_eq!(client.stats().segmented_replies, 2);
+    assert_eq!(client.stats().requests_sent, 2, "no retry was needed");
+}

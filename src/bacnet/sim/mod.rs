@@ -113,6 +113,9 @@ pub struct SimDeviceConfig {
     /// Segment replies longer than `max_apdu` when the request allows it
     /// (window 4), instead of aborting with segmentation-not-supported.
     pub segmentation: bool,
+    /// Lose this segment of the first segmented reply once (never sent), to
+    /// exercise the client's negative acknowledgement.
+    pub lose_segment_once: Option<u8>,
     /// Send replies from another socket (another port on the same IP), as a
     /// NAT or a gateway answering from its own socket does.
     pub reply_from_other_port: bool,
@@ -135,6 +138,7 @@ impl SimDeviceConfig {
             scale: SimScale::Integer(-1),
             answers_wildcard: true,
             segmentation: false,
+            lose_segment_once: None,
             reply_from_other_port: false,
         }
     }
@@ -444,6 +448,7 @@ async fn serve(
     // Segmented requests being received: (client, invoke id) -> what came so far.
     let mut incoming: HashMap<(SocketAddr, u8), Incoming> = HashMap::new();
     let mut whole: Vec<u8>;
+    let mut lose = lock(&device.state).config.lose_segment_once;
     loop {
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -461,6 +466,10 @@ async fn serve(
                 Some(segments) => {
                     let end = (next + usize::from(window.max(1))).min(segments.len());
                     for s in segments.get(next..end).unwrap_or(&[]) {
+                        if lose.is_some() && s.get(2).copied() == lose {
+                            lose = None;
+                            continue;
+                        }
                         if let Ok(dg) = frame::encode_datagram(false, false, s) {
                             let _ = reply_socket.send_to(&dg, from).await;
                         }
