@@ -2,14 +2,18 @@
 //!
 //! `cargo run --example bacnet_sim -- --devices 5` serves devices 1001.. on
 //! 127.0.0.2:47808, 127.0.0.3:47808, ...; `--ports` puts them on one address
-//! with consecutive ports instead. See `metersync::bacnet::sim` for the model.
+//! with consecutive ports instead. `--routed N` adds a BACnet router (on the
+//! next address) with N MS/TP-style devices on network 2001 (MACs 1..=N);
+//! `--bbmd` adds a BBMD (on the address after) whose subnet is the devices;
+//! `--segmentation` lets devices segment long replies. See
+//! `metersync::bacnet::sim` for the model.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use metersync::bacnet::sim::{SimDeviceConfig, Simulator};
+use metersync::bacnet::sim::{SimDeviceConfig, SimRouted, Simulator};
 
 #[derive(Parser)]
 struct Args {
@@ -40,6 +44,15 @@ struct Args {
     /// Delay before each answer, in milliseconds.
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
+    /// Segment replies longer than max-apdu when the client accepts it.
+    #[arg(long)]
+    segmentation: bool,
+    /// Devices behind a simulated router (network 2001, MACs 1..=N).
+    #[arg(long, default_value_t = 0)]
+    routed: u8,
+    /// Also serve a BBMD accepting foreign-device registrations.
+    #[arg(long)]
+    bbmd: bool,
 }
 
 #[tokio::main]
@@ -66,14 +79,48 @@ async fn main() -> anyhow::Result<()> {
             c.max_apdu = args.max_apdu;
             c.supports_rpm = !args.no_rpm;
             c.delay = Duration::from_millis(args.delay_ms);
+            c.segmentation = args.segmentation;
             Ok(c)
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let sim = Simulator::start(configs)
+    let mut sim = Simulator::start(configs)
         .await
         .context("binding simulator sockets")?;
+    let mut next = base
+        .checked_add(args.devices)
+        .context("address out of range")?;
+    if args.routed > 0 {
+        let routed = (1..=args.routed)
+            .map(|mac| SimRouted {
+                network: 2001,
+                mac,
+                config: SimDeviceConfig::new(
+                    args.first_instance + args.devices + u32::from(mac),
+                    SocketAddr::from((args.ip, 0)),
+                ),
+            })
+            .collect();
+        let router = sim
+            .add_router(SocketAddr::from((Ipv4Addr::from(next), args.port)), routed)
+            .await
+            .context("binding the router")?;
+        eprintln!("router listening on {router} (network 2001)");
+        next = next.checked_add(1).context("address out of range")?;
+    }
+    if args.bbmd {
+        let subnet = sim.devices().iter().map(|d| d.addr()).collect();
+        let bbmd = sim
+            .add_bbmd(
+                SocketAddr::from((Ipv4Addr::from(next), args.port)),
+                subnet,
+                true,
+            )
+            .await
+            .context("binding the BBMD")?;
+        eprintln!("BBMD listening on {}", bbmd.addr);
+    }
     for d in sim.devices() {
-        eprintln!("device {} listening on {}", d.instance(), d.addr());
+        eprintln!("device {} at {}", d.instance(), d.address());
     }
     tokio::signal::ctrl_c().await?;
     sim.shutdown().await;

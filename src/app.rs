@@ -132,6 +132,11 @@ impl App {
         self.bacnet.get().map(|c| c.stats())
     }
 
+    /// The BACnet client if its socket is already bound (status reports never bind it).
+    pub fn bacnet_if_bound(&self) -> Option<Arc<UdpClient>> {
+        self.bacnet.get().cloned()
+    }
+
     /// The shared BACnet client, binding its socket on first use.
     ///
     /// Fails when BACNET_BIND cannot be bound (the error says what to change).
@@ -142,6 +147,9 @@ impl App {
                     bind: self.config.bacnet_bind,
                     timeout: self.config.bacnet_timeout,
                     retries: self.config.bacnet_retries,
+                    concurrency: self.config.collect_concurrency,
+                    bbmd: self.config.bacnet_bbmd,
+                    bbmd_ttl: self.config.bacnet_bbmd_ttl,
                 };
                 UdpClient::bind(cfg).await.map(Arc::new)
             })

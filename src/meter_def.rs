@@ -24,7 +24,6 @@
 //! Guarantees: parsing never panics; every error says which field is wrong
 //! and what is accepted, quoting at most 40 characters of a bad name.
 
-use std::net::SocketAddr;
 
 use crate::bacnet::{
     self,
@@ -49,7 +48,7 @@ pub const POINT_NAME_CHARS: &str = "_-.";
 /// Where a configured device listens, as the BACnet layer's address parser
 /// returns it. (One alias, so a richer address type changes only this line
 /// and [`MeterDefinition::device`].)
-pub type MeterAddress = SocketAddr;
+pub type MeterAddress = crate::bacnet::DeviceAddress;
 
 /// A meter the collector can read: its device and its points.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,7 +200,7 @@ mod tests {
     fn a_good_meter_parses() {
         let m = MeterDefinition::parse_text(5001, "10.0.0.5", GOOD).unwrap();
         assert_eq!(m.instance, 5001);
-        assert_eq!(m.address, "10.0.0.5:47808".parse().unwrap());
+        assert_eq!(m.address.ip, "10.0.0.5:47808".parse::<std::net::SocketAddr>().unwrap());
         assert_eq!(m.points.len(), 1);
         assert_eq!(m.device().instance, 5001);
     }
@@ -252,7 +251,7 @@ mod tests {
             MeterDefinition::parse_text(1, "10.0.0.1", GOOD)
                 .unwrap()
                 .address
-                .port(),
+                .ip.port(),
             bacnet::DEFAULT_PORT
         );
     }

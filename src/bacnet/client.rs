@@ -1,9 +1,15 @@
 //! [`UdpClient`]: the tokio implementation of [`BacnetClient`].
 //!
-//! One UDP socket serves every request. A background task receives all
+//! One UDP socket serves every request; its receive buffer (SO_RCVBUF) is
+//! sized for `COLLECT_CONCURRENCY` replies arriving at once, and the kernel's
+//! drops on it are counted in [`ClientStats`]. A background task receives all
 //! datagrams and hands each reply to the request waiting for it, matched by
-//! (peer address, invoke id) and service, so concurrent reads of many devices
-//! never take each other's replies. Each device has a lock held for the whole
+//! (device address, invoke id) and service, where a routed device's address
+//! includes the network and MAC its router names in SNET/SADR; so concurrent
+//! reads of many devices never take each other's replies. A reply that carries
+//! a pending request's invoke id but comes from another address is not taken,
+//! but named in the timeout error (a NAT or gateway answering from its own
+//! socket), instead of a bare "no reply". Each device has a lock held for the whole
 //! of a read, so at most one request is in flight per device. Every try waits
 //! `timeout`; a request is sent `1 + retries` times with the same invoke id.
 //!
@@ -14,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,104 +30,112 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use super::frame::{self, Apdu};
+use super::address::DeviceAddress;
+use super::frame::{self, Npci};
+pub(super) use super::receive::lock;
+use super::receive::{receive_loop, Pending, PendingKey, Reply, RouterAnswer, WINDOW};
 use super::services;
+pub use super::socket::ClientStats;
+use super::socket::{open_socket, Counters};
 use super::types::{ErrorCode, PropertyRef, PropertyResult};
 use super::{BacnetClient, BacnetConfig, BacnetError, BoxFuture, Device, IAm};
+use crate::bacnet::meta::MeterCache;
 
-/// Largest UDP payload we accept (BACnet/IP's is 1497); longer ones are truncated and fail to decode.
-const RECV_BUFFER: usize = 2048;
-/// Bytes one property is assumed to take in a ReadPropertyMultiple reply when planning chunks.
-const REPLY_BYTES_PER_PROPERTY: usize = 12;
-/// Reply size a chunk is planned to fit: 480 bytes, the max APDU of the smallest common devices.
-const PLANNED_REPLY_BYTES: usize = 480;
-/// Properties per ReadPropertyMultiple until a device's aborts teach us a smaller number.
-const DEFAULT_CHUNK: usize = PLANNED_REPLY_BYTES / REPLY_BYTES_PER_PROPERTY;
+/// Properties per ReadPropertyMultiple until a device's aborts teach us a
+/// smaller number: enough for a 400-point meter's values and status-flags in
+/// one exchange with a device that segments. One that does not aborts, and
+/// the chunk is halved until request and reply fit (learned once per device).
+const DEFAULT_CHUNK: usize = 1024;
 /// Error given to a single property whose reply the device cannot send unsegmented
 /// (class communication, code abort-segmentation-not-supported).
 const TOO_LONG: ErrorCode = ErrorCode { class: 7, code: 54 };
 
-/// Counters of what the client saw; cheap to read at any time.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ClientStats {
-    /// Confirmed requests sent (each retry counts).
-    pub requests_sent: u64,
-    /// Datagrams that did not decode.
-    pub garbage: u64,
-    /// Datagrams that decoded but answered nothing pending (late, duplicate or spoofed).
-    pub unmatched: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    requests_sent: AtomicU64,
-    garbage: AtomicU64,
-    unmatched: AtomicU64,
-}
-
-/// A reply to a confirmed request, owned so it can cross to the waiting task.
-#[derive(Debug)]
-enum Reply {
-    Ack(Vec<u8>),
-    Error(ErrorCode),
-    Reject(u8),
-    Abort(u8),
-    /// A segmented complex ack (we asked for none): treated as "too long".
-    Segmented,
-}
-
-struct Pending {
-    service: u8,
-    tx: oneshot::Sender<Reply>,
-}
+/// A global invoke-id sequence: consecutive requests to different devices get
+/// different ids, so a reply arriving from an unexpected address can be tied
+/// to the one request it answers.
+static NEXT_INVOKE_ID: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// What we know about one device; its mutex is held for a whole read.
 struct Peer {
-    next_invoke_id: u8,
     rpm_unsupported: bool,
     chunk: usize,
 }
 
-struct Shared {
-    socket: UdpSocket,
-    config: BacnetConfig,
-    pending: Mutex<HashMap<(SocketAddr, u8), Pending>>,
-    peers: Mutex<HashMap<SocketAddr, Arc<tokio::sync::Mutex<Peer>>>>,
-    listeners: Mutex<Vec<mpsc::UnboundedSender<IAm>>>,
-    counters: Counters,
+/// A router that answered Who-Is-Router-To-Network.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct RouterInfo {
+    /// The router's BACnet/IP address.
+    pub address: String,
+    /// The networks it reaches.
+    pub networks: Vec<u16>,
+}
+
+pub(super) struct Shared {
+    pub(super) socket: UdpSocket,
+    pub(super) config: BacnetConfig,
+    pub(super) pending: Mutex<HashMap<PendingKey, Pending>>,
+    peers: Mutex<HashMap<DeviceAddress, Arc<tokio::sync::Mutex<Peer>>>>,
+    pub(super) listeners: Mutex<Vec<mpsc::UnboundedSender<IAm>>>,
+    pub(super) router_listeners: Mutex<Vec<mpsc::UnboundedSender<RouterAnswer>>>,
+    /// Where the BVLC-Result of a registration in flight goes.
+    pub(super) bbmd_results: Mutex<Option<oneshot::Sender<u16>>>,
+    /// Why the last registration failed.
+    pub(super) bbmd_error: Mutex<Option<String>>,
+    /// Whether a registration has succeeded (broadcasts wait for it a little).
+    pub(super) registered: tokio::sync::watch::Sender<bool>,
+    pub(super) counters: Counters,
+    recv_buffer: (u64, u64),
+    cache: MeterCache,
 }
 
 /// The BACnet/IP client: cheap to share behind an `Arc`, safe to use from many tasks.
 pub struct UdpClient {
-    shared: Arc<Shared>,
+    pub(super) shared: Arc<Shared>,
     cancel: CancellationToken,
-    task: Mutex<Option<JoinHandle<()>>>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl UdpClient {
     /// Bind the socket (broadcast enabled, for Who-Is) and start the receive task.
     /// Fails when the address cannot be bound.
+    ///
+    /// With a BBMD configured, also starts registering as a foreign device
+    /// (at once, then every half TTL); a failed registration does not fail
+    /// the bind, it shows in [`UdpClient::stats`] and is retried.
     pub async fn bind(config: BacnetConfig) -> Result<Self, BacnetError> {
         let bind_err = |source| BacnetError::Bind {
             bind: config.bind,
             source,
         };
-        let socket = UdpSocket::bind(config.bind).await.map_err(bind_err)?;
-        socket.set_broadcast(true).map_err(bind_err)?;
+        let (std_socket, recv_buffer) = open_socket(&config).map_err(bind_err)?;
+        let socket = UdpSocket::from_std(std_socket).map_err(bind_err)?;
         let shared = Arc::new(Shared {
             socket,
             config,
             pending: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             listeners: Mutex::new(Vec::new()),
+            router_listeners: Mutex::new(Vec::new()),
+            bbmd_results: Mutex::new(None),
+            bbmd_error: Mutex::new(None),
+            registered: tokio::sync::watch::Sender::new(false),
             counters: Counters::default(),
+            recv_buffer,
+            cache: MeterCache::default(),
         });
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(receive_loop(shared.clone(), cancel.clone()));
+        let mut tasks = vec![tokio::spawn(receive_loop(shared.clone(), cancel.clone()))];
+        if let Some(bbmd) = config.bbmd {
+            tasks.push(tokio::spawn(super::bbmd::register_loop(
+                shared.clone(),
+                bbmd,
+                cancel.clone(),
+            )));
+        }
         Ok(Self {
             shared,
             cancel,
-            task: Mutex::new(Some(task)),
+            tasks: Mutex::new(tasks),
         })
     }
 
@@ -133,28 +147,51 @@ impl UdpClient {
     /// What the client has seen so far.
     pub fn stats(&self) -> ClientStats {
         let c = &self.shared.counters;
+        let local = self.shared.socket.local_addr().ok();
         ClientStats {
             requests_sent: c.requests_sent.load(Ordering::Relaxed),
             garbage: c.garbage.load(Ordering::Relaxed),
             unmatched: c.unmatched.load(Ordering::Relaxed),
+            wrong_source: c.wrong_source.load(Ordering::Relaxed),
+            segmented_replies: c.segmented_replies.load(Ordering::Relaxed),
+            recv_buffer_bytes: self.shared.recv_buffer.0,
+            recv_buffer_wanted: self.shared.recv_buffer.1,
+            socket_drops: local.map_or(0, super::drops::socket_drops),
+            host_rcvbuf_errors: super::drops::host_rcvbuf_errors(),
+            bbmd_registrations: c.bbmd_registrations.load(Ordering::Relaxed),
+            bbmd_failures: c.bbmd_failures.load(Ordering::Relaxed),
+            bbmd_registered: c.bbmd_registered.load(Ordering::Relaxed),
         }
     }
 
-    /// Stop the receive task and wait for it; pending requests fail with [`BacnetError::Closed`].
+    /// The foreign-device registration, when BACNET_BBMD is set.
+    pub fn bbmd_status(&self) -> Option<super::bbmd::BbmdStatus> {
+        let bbmd = self.shared.config.bbmd?;
+        let c = &self.shared.counters;
+        Some(super::bbmd::BbmdStatus {
+            bbmd: bbmd.to_string(),
+            ttl_s: self.shared.config.bbmd_ttl.as_secs(),
+            registered: c.bbmd_registered.load(Ordering::Relaxed),
+            registrations: c.bbmd_registrations.load(Ordering::Relaxed),
+            failures: c.bbmd_failures.load(Ordering::Relaxed),
+            last_error: lock(&self.shared.bbmd_error).clone(),
+        })
+    }
+
+    /// Stop the background tasks and wait for them; pending requests fail with [`BacnetError::Closed`].
     pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let task = lock(&self.task).take();
-        if let Some(task) = task {
+        let tasks = std::mem::take(&mut *lock(&self.tasks));
+        for task in tasks {
             let _ = task.await;
         }
     }
 
-    fn peer(&self, addr: SocketAddr) -> Arc<tokio::sync::Mutex<Peer>> {
+    fn peer(&self, addr: DeviceAddress) -> Arc<tokio::sync::Mutex<Peer>> {
         lock(&self.shared.peers)
             .entry(addr)
             .or_insert_with(|| {
                 Arc::new(tokio::sync::Mutex::new(Peer {
-                    next_invoke_id: 0,
                     rpm_unsupported: false,
                     chunk: DEFAULT_CHUNK,
                 }))
@@ -165,25 +202,71 @@ impl UdpClient {
     /// Send one confirmed request and wait for its reply, retrying on timeout.
     async fn transact(
         &self,
-        peer: &mut Peer,
+        _peer: &mut Peer,
         device: Device,
         service: u8,
         body: &[u8],
     ) -> Result<Reply, BacnetError> {
-        let invoke_id = peer.next_invoke_id;
-        peer.next_invoke_id = peer.next_invoke_id.wrapping_add(1);
-        let mut apdu = frame::confirmed_request_header(invoke_id, service);
+        let invoke_id = NEXT_INVOKE_ID.fetch_add(1, Ordering::Relaxed);
+        let mut apdu = frame::confirmed_request_header_segmented(invoke_id, service);
         apdu.extend_from_slice(body);
-        let datagram = frame::encode_datagram(false, true, &apdu).map_err(|source| {
-            BacnetError::Malformed {
-                addr: device.addr,
-                device: device.instance,
-                source,
+        let npci = Npci {
+            dest: device.addr.route.map(|r| (r.network, Some(r.mac))),
+            expecting_reply: true,
+            ..Npci::default()
+        };
+        let malformed = |source| BacnetError::Malformed {
+            addr: device.addr,
+            device: device.instance,
+            source,
+        };
+        let wrap = |apdu: &[u8]| {
+            frame::encode_bvlc(
+                frame::BVLC_ORIGINAL_UNICAST,
+                None,
+                &frame::encode_npdu(&npci, apdu),
+            )
+        };
+        let datagram = wrap(&apdu).map_err(malformed)?;
+        // A request longer than one APDU goes as segments (clause 5.4.4).
+        let segments = if apdu.len() > MAX_APDU {
+            let chunks: Vec<&[u8]> = body.chunks(MAX_APDU - 6).collect();
+            if chunks.len() > frame::MAX_SEGMENTS {
+                return Ok(Reply::Abort(frame::ABORT_APDU_TOO_LONG));
             }
-        })?;
+            let last = chunks.len().saturating_sub(1);
+            let segs = chunks
+                .iter()
+                .enumerate()
+                .map(|(i, chunk)| {
+                    wrap(&frame::request_segment(
+                        invoke_id,
+                        service,
+                        i as u8,
+                        WINDOW,
+                        i < last,
+                        chunk,
+                    ))
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(malformed)?;
+            Some(segs)
+        } else {
+            None
+        };
         let (tx, mut rx) = oneshot::channel();
+        let (acks_tx, mut acks) = mpsc::unbounded_channel();
         let key = (device.addr, invoke_id);
-        lock(&self.shared.pending).insert(key, Pending { service, tx });
+        lock(&self.shared.pending).insert(
+            key,
+            Pending {
+                service,
+                tx: Some(tx),
+                acks: segments.as_ref().map(|_| acks_tx),
+                reassembly: None,
+                strays: Vec::new(),
+            },
+        );
         let _guard = PendingGuard {
             shared: &self.shared,
             key,
@@ -195,17 +278,53 @@ impl UdpClient {
                 .counters
                 .requests_sent
                 .fetch_add(1, Ordering::Relaxed);
-            if let Err(e) = self.shared.socket.send_to(&datagram, device.addr).await {
+            if let Some(segs) = &segments {
+                match self
+                    .send_segments(device.addr.ip, segs, &mut acks, &mut rx)
+                    .await
+                {
+                    Segmented::Sent => {}
+                    Segmented::Answered(reply) => return Ok(reply),
+                    Segmented::Closed => return Err(BacnetError::Closed),
+                    Segmented::TimedOut => {
+                        debug!(addr = %device.addr, attempt, "segmented request not acknowledged");
+                        continue;
+                    }
+                    Segmented::SendFailed(e) => {
+                        debug!(addr = %device.addr, attempt, error = %e, "BACnet send failed");
+                        send_error = Some(e);
+                        continue;
+                    }
+                }
+            } else if let Err(e) = self.shared.socket.send_to(&datagram, device.addr.ip).await {
                 debug!(addr = %device.addr, attempt, error = %e, "BACnet send failed");
                 send_error = Some(e);
             }
             match tokio::time::timeout(self.shared.config.timeout, &mut rx).await {
-                Ok(Ok(reply)) => return Ok(reply),
+                Ok(Ok(reply)) => {
+                    if matches!(reply, Reply::SegmentedAck(_)) {
+                        self.shared
+                            .counters
+                            .segmented_replies
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                    return Ok(reply);
+                }
                 Ok(Err(_)) => return Err(BacnetError::Closed),
                 Err(_) => {
                     debug!(addr = %device.addr, device = device.instance, attempt, "BACnet request timed out")
                 }
             }
+        }
+        let stray = lock(&self.shared.pending)
+            .get(&key)
+            .and_then(|p| p.strays.first().copied());
+        if let Some(from) = stray {
+            return Err(BacnetError::WrongSource {
+                addr: device.addr,
+                device: device.instance,
+                from,
+            });
         }
         Err(match send_error {
             Some(source) => BacnetError::Send {
@@ -223,6 +342,52 @@ impl UdpClient {
         })
     }
 
+    /// Send a segmented request: the first segment alone, then windows of the
+    /// size the device acknowledges, each waiting for its SegmentAck (a NAK
+    /// resends from the segment after the one it names).
+    async fn send_segments(
+        &self,
+        to: SocketAddr,
+        segs: &[Vec<u8>],
+        acks: &mut mpsc::UnboundedReceiver<(u8, u8, bool)>,
+        rx: &mut oneshot::Receiver<Reply>,
+    ) -> Segmented {
+        let mut next = 0usize;
+        let mut window = 1usize;
+        while next < segs.len() {
+            let end = (next + window).min(segs.len());
+            for s in segs.get(next..end).unwrap_or(&[]) {
+                if let Err(e) = self.shared.socket.send_to(s, to).await {
+                    return Segmented::SendFailed(e);
+                }
+            }
+            let ack = tokio::select! {
+                biased;
+                r = &mut *rx => return match r {
+                    Ok(reply) => Segmented::Answered(reply),
+                    Err(_) => Segmented::Closed,
+                },
+                a = acks.recv() => a,
+                _ = tokio::time::sleep(self.shared.config.timeout) => return Segmented::TimedOut,
+            };
+            let Some((sequence, win, _nak)) = ack else {
+                // The request ended (answered, and its acks channel dropped with it).
+                return match (&mut *rx).await {
+                    Ok(reply) => Segmented::Answered(reply),
+                    Err(_) => Segmented::Closed,
+                };
+            };
+            window = usize::from(win.max(1));
+            // Segments never number past 63 here; 255 (0 - 1) NAKs the first one.
+            next = if sequence == 255 {
+                0
+            } else {
+                usize::from(sequence) + 1
+            };
+        }
+        Segmented::Sent
+    }
+
     async fn read_all(
         &self,
         device: Device,
@@ -232,11 +397,7 @@ impl UdpClient {
         let mut peer = peer.lock().await;
         let mut results: Vec<Option<PropertyResult>> = vec![None; props.len()];
         let mut fallback: Vec<usize> = Vec::new();
-        let chunk = peer.chunk.max(1);
-        let mut queue: VecDeque<(usize, usize)> = (0..props.len())
-            .step_by(chunk)
-            .map(|start| (start, (start + chunk).min(props.len())))
-            .collect();
+        let mut queue = plan_chunks(props, peer.chunk.max(1));
         while let Some((start, end)) = queue.pop_front() {
             let part = props.get(start..end).unwrap_or(&[]);
             if peer.rpm_unsupported {
@@ -288,7 +449,7 @@ impl UdpClient {
             .transact(peer, device, frame::SERVICE_READ_PROPERTY_MULTIPLE, &body)
             .await?;
         Ok(match reply {
-            Reply::Ack(body) => {
+            Reply::Ack(body) | Reply::SegmentedAck(body) => {
                 Rpm::Results(services::decode_rpm_ack(&body, props).map_err(|source| {
                     BacnetError::Malformed {
                         addr: device.addr,
@@ -322,44 +483,9 @@ impl UdpClient {
         })
     }
 
-    async fn rp(
-        &self,
-        peer: &mut Peer,
-        device: Device,
-        p: PropertyRef,
-    ) -> Result<PropertyResult, BacnetError> {
-        let mut body = Vec::new();
-        services::encode_read_property(&mut body, p);
-        let reply = self
-            .transact(peer, device, frame::SERVICE_READ_PROPERTY, &body)
-            .await?;
-        match reply {
-            Reply::Ack(body) => Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
-                |source| BacnetError::Malformed {
-                    addr: device.addr,
-                    device: device.instance,
-                    source,
-                },
-            )?)),
-            Reply::Error(e) => Ok(Err(e)),
-            Reply::Segmented => Ok(Err(TOO_LONG)),
-            Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
-            Reply::Abort(reason) => Err(BacnetError::Aborted {
-                addr: device.addr,
-                device: device.instance,
-                reason,
-            }),
-            Reply::Reject(reason) => Err(BacnetError::Rejected {
-                addr: device.addr,
-                device: device.instance,
-                reason,
-            }),
-        }
-    }
-
     /// Reads element `index` of the array property `p` with one ReadProperty
     /// (index 0 is the array's length): how a device's Object_List is paged
-    /// when it is too long for one unsegmented reply.
+    /// when it is too long for one reply.
     ///
     /// Fails like [`BacnetClient::read_properties`]: only when the device
     /// cannot be talked to; the device's error for the element is an
@@ -378,13 +504,15 @@ impl UdpClient {
             .transact(&mut peer, device, frame::SERVICE_READ_PROPERTY, &body)
             .await?;
         match reply {
-            Reply::Ack(body) => Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
-                |source| BacnetError::Malformed {
-                    addr: device.addr,
-                    device: device.instance,
-                    source,
-                },
-            )?)),
+            Reply::Ack(body) | Reply::SegmentedAck(body) => {
+                Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
+                    |source| BacnetError::Malformed {
+                        addr: device.addr,
+                        device: device.instance,
+                        source,
+                    },
+                )?))
+            }
             Reply::Error(e) => Ok(Err(e)),
             Reply::Segmented => Ok(Err(TOO_LONG)),
             Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
@@ -401,52 +529,86 @@ impl UdpClient {
         }
     }
 
-    async fn who_is_inner(
+    async fn rp(
         &self,
-        target: SocketAddr,
-        range: Option<(u32, u32)>,
-        wait: Duration,
-    ) -> Result<Vec<IAm>, BacnetError> {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        lock(&self.shared.listeners).push(tx);
-        let mut apdu = vec![0x10, frame::SERVICE_WHO_IS];
-        services::encode_who_is(&mut apdu, range);
-        let broadcast = match target.ip() {
-            std::net::IpAddr::V4(ip) => ip.is_broadcast() || ip.octets()[3] == 255,
-            std::net::IpAddr::V6(_) => false,
-        };
-        let datagram = frame::encode_datagram(broadcast, false, &apdu).map_err(|source| {
-            BacnetError::Malformed {
-                addr: target,
-                device: 0,
-                source,
+        peer: &mut Peer,
+        device: Device,
+        p: PropertyRef,
+    ) -> Result<PropertyResult, BacnetError> {
+        let mut body = Vec::new();
+        services::encode_read_property(&mut body, p);
+        let reply = self
+            .transact(peer, device, frame::SERVICE_READ_PROPERTY, &body)
+            .await?;
+        match reply {
+            Reply::Ack(body) | Reply::SegmentedAck(body) => {
+                Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
+                    |source| BacnetError::Malformed {
+                        addr: device.addr,
+                        device: device.instance,
+                        source,
+                    },
+                )?))
             }
-        })?;
-        if let Err(source) = self.shared.socket.send_to(&datagram, target).await {
-            rx.close();
-            return Err(BacnetError::WhoIsSend { target, source });
+            Reply::Error(e) => Ok(Err(e)),
+            Reply::Segmented => Ok(Err(TOO_LONG)),
+            Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
+            Reply::Abort(reason) => Err(BacnetError::Aborted {
+                addr: device.addr,
+                device: device.instance,
+                reason,
+            }),
+            Reply::Reject(reason) => Err(BacnetError::Rejected {
+                addr: device.addr,
+                device: device.instance,
+                reason,
+            }),
         }
-        let mut found: Vec<IAm> = Vec::new();
-        let deadline = tokio::time::sleep(wait);
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = &mut deadline => break,
-                msg = rx.recv() => match msg {
-                    Some(iam) => {
-                        let in_range = range.is_none_or(|(lo, hi)| (lo..=hi).contains(&iam.instance));
-                        if in_range && !found.iter().any(|f| f.instance == iam.instance && f.addr == iam.addr) {
-                            found.push(iam);
-                        }
-                    }
-                    None => break,
-                },
-            }
-        }
-        rx.close();
-        found.sort_by_key(|d| (d.instance, d.addr));
-        Ok(found)
     }
+}
+
+/// Largest APDU on BACnet/IP: a longer request is sent in segments.
+const MAX_APDU: usize = 1476;
+/// Largest ReadPropertyMultiple request body planned: what 64 segments hold.
+/// A device that does not take segmented requests aborts, and the request is
+/// halved until it fits (learned once per device).
+const MAX_REQUEST_BYTES: usize = 64 * (MAX_APDU - 6);
+
+/// Split `props` into consecutive ranges of at most `max_count` properties
+/// whose encoded request stays within [`MAX_REQUEST_BYTES`].
+fn plan_chunks(props: &[PropertyRef], max_count: usize) -> VecDeque<(usize, usize)> {
+    let mut out = VecDeque::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, p) in props.iter().enumerate() {
+        let new_object = i == start || props.get(i - 1).is_none_or(|q| q.object != p.object);
+        // A property id: a context tag and 1 to 3 bytes; a new object adds its
+        // identifier (5 bytes) and the opening and closing tags.
+        let cost = if p.property.0 > 255 { 3 } else { 2 } + if new_object { 7 } else { 0 };
+        if i > start && (i - start >= max_count || bytes + cost > MAX_REQUEST_BYTES) {
+            out.push_back((start, i));
+            start = i;
+            bytes = if p.property.0 > 255 { 3 } else { 2 } + 7;
+        } else {
+            bytes += cost;
+        }
+    }
+    if start < props.len() {
+        out.push_back((start, props.len()));
+    }
+    out
+}
+
+/// How sending a segmented request ended.
+enum Segmented {
+    /// Every segment acknowledged: the reply follows.
+    Sent,
+    /// The device answered before the last segment (an abort or reject).
+    Answered(Reply),
+    /// No SegmentAck within the timeout.
+    TimedOut,
+    SendFailed(std::io::Error),
+    Closed,
 }
 
 enum Rpm {
@@ -476,11 +638,15 @@ impl BacnetClient for UdpClient {
 
     fn who_is(
         &self,
-        target: SocketAddr,
+        target: DeviceAddress,
         range: Option<(u32, u32)>,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<IAm>, BacnetError>> {
         Box::pin(self.who_is_inner(target, range, wait))
+    }
+
+    fn meter_cache(&self) -> Option<&MeterCache> {
+        Some(&self.shared.cache)
     }
 }
 
@@ -493,117 +659,11 @@ impl Drop for UdpClient {
 /// Removes a pending entry when its request ends, however it ends (reply, timeout, cancellation).
 struct PendingGuard<'a> {
     shared: &'a Shared,
-    key: (SocketAddr, u8),
+    key: PendingKey,
 }
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         lock(&self.shared.pending).remove(&self.key);
-    }
-}
-
-/// Lock a std mutex, recovering from poisoning (no code here panics while holding one).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn receive_loop(shared: Arc<Shared>, cancel: CancellationToken) {
-    let mut buf = vec![0u8; RECV_BUFFER];
-    loop {
-        let received = tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = shared.socket.recv_from(&mut buf) => r,
-        };
-        match received {
-            Ok((n, from)) => dispatch(&shared, buf.get(..n).unwrap_or(&[]), from),
-            Err(e) => {
-                // ICMP port-unreachable from an earlier send surfaces here; the socket is fine.
-                debug!(error = %e, "BACnet receive error");
-                if !matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                ) {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            }
-        }
-    }
-    // Fail whatever is still waiting.
-    lock(&shared.pending).clear();
-    lock(&shared.listeners).clear();
-}
-
-fn dispatch(shared: &Shared, data: &[u8], from: SocketAddr) {
-    let datagram = match frame::decode_datagram(data) {
-        Ok(d) => d,
-        Err(e) => {
-            shared.counters.garbage.fetch_add(1, Ordering::Relaxed);
-            debug!(%from, len = data.len(), error = %e, "dropping undecodable BACnet datagram");
-            return;
-        }
-    };
-    let unmatched = || {
-        shared.counters.unmatched.fetch_add(1, Ordering::Relaxed);
-    };
-    let Some(apdu) = datagram.apdu else {
-        return unmatched();
-    };
-    if let Apdu::Unconfirmed {
-        service: frame::SERVICE_I_AM,
-        body,
-    } = apdu
-    {
-        match services::decode_i_am(body) {
-            Ok(iam) if !datagram.routed => {
-                let iam = IAm {
-                    instance: iam.device.instance(),
-                    addr: datagram.forwarded_from.unwrap_or(from),
-                    vendor_id: u32::try_from(iam.vendor_id).unwrap_or(u32::MAX),
-                    max_apdu: u32::try_from(iam.max_apdu).unwrap_or(u32::MAX),
-                };
-                lock(&shared.listeners).retain(|l| l.send(iam).is_ok());
-            }
-            Ok(_) => unmatched(),
-            Err(e) => {
-                shared.counters.garbage.fetch_add(1, Ordering::Relaxed);
-                debug!(%from, error = %e, "dropping malformed I-Am");
-            }
-        }
-        return;
-    }
-    let Some(invoke_id) = apdu.reply_invoke_id() else {
-        return unmatched();
-    };
-    let (reply, service) = match apdu {
-        Apdu::ComplexAck {
-            segmented: true,
-            service,
-            ..
-        } => (Reply::Segmented, Some(service)),
-        Apdu::ComplexAck { service, body, .. } => (Reply::Ack(body.to_vec()), Some(service)),
-        Apdu::Error { service, body, .. } => match services::decode_error(body) {
-            Ok(e) => (Reply::Error(e), Some(service)),
-            Err(e) => {
-                shared.counters.garbage.fetch_add(1, Ordering::Relaxed);
-                debug!(%from, error = %e, "dropping malformed Error PDU");
-                return;
-            }
-        },
-        Apdu::Reject { reason, .. } => (Reply::Reject(reason), None),
-        Apdu::Abort { reason, .. } => (Reply::Abort(reason), None),
-        // A simple ack answers no read we make.
-        _ => return unmatched(),
-    };
-    let mut pending = lock(&shared.pending);
-    let key = (from, invoke_id);
-    let matches = pending
-        .get(&key)
-        .is_some_and(|p| service.is_none_or(|s| s == p.service));
-    if !matches || datagram.routed || datagram.forwarded_from.is_some() {
-        drop(pending);
-        return unmatched();
-    }
-    if let Some(p) = pending.remove(&key) {
-        let _ = p.tx.send(reply);
     }
 }

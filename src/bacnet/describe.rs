@@ -57,7 +57,7 @@ pub enum DescribeError {
     #[error("no device answered Who-Is at {addr} within {wait_ms} ms: check the address and that the device is powered, or give device_instance")]
     NotFound {
         /// Where the Who-Is went.
-        addr: std::net::SocketAddr,
+        addr: super::DeviceAddress,
         /// How long we waited.
         wait_ms: u64,
     },
@@ -65,7 +65,7 @@ pub enum DescribeError {
     #[error("device {instance} at {addr} did not give its object list: {problem}")]
     ObjectList {
         /// Where.
-        addr: std::net::SocketAddr,
+        addr: super::DeviceAddress,
         /// Which device.
         instance: u32,
         /// The device's error.

@@ -13,40 +13,56 @@
 //! crate declares 1.88), `bacnet-client` alone is ~39,000 lines (with its
 //! tests) on top of a dozen `bacnet-*` crates, for the four services we use;
 //! one interop bug was reported to us (a segment window of 2 acknowledged
-//! late; not re-checked here, since we avoid segmentation), and the behaviours the
-//! product needs (split a ReadPropertyMultiple when the device aborts with
-//! segmentation-not-supported, fall back to ReadProperty, one request in
-//! flight per device, count and drop garbage) would sit in our code on top of
-//! it anyway. So this module is a small defensive codec (BVLC, NPDU, APDU,
-//! ReadProperty, ReadPropertyMultiple, Who-Is/I-Am; no segmentation: requests
-//! are chunked to fit and split further on an abort) with a tokio client and a
-//! loopback simulator. Its decode path is fuzzed (`fuzz/`) and a unit test
-//! decodes 200,000 random and mutated datagrams on every `cargo test`.
+//! late), and the behaviours the product needs (split a ReadPropertyMultiple
+//! when the device aborts with segmentation-not-supported, fall back to
+//! ReadProperty, one request in flight per device, count and drop garbage)
+//! would sit in our code on top of it anyway. So this module is a small
+//! defensive codec (BVLC with foreign-device registration and forwarding,
+//! NPDU with routing, APDU with segmentation, ReadProperty,
+//! ReadPropertyMultiple, Who-Is/I-Am, Who-Is-Router-To-Network) with a tokio
+//! client and a loopback simulator (devices, a router, a BBMD). Its decode
+//! path is fuzzed (`fuzz/`) and a unit test decodes 200,000 random and
+//! mutated datagrams on every `cargo test`.
 //!
 //! # Map
 //! - [`types`]: object/property identifiers, values, per-property results.
 //! - `tags`, `frame`, `services`: the codec (private; [`fuzz_decode`] exposes it to the fuzzer).
-//! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`].
+//! - [`client`]: [`UdpClient`], the tokio implementation of [`BacnetClient`]
+//!   (requests, segmentation, routing); `receive` dispatches what arrives
+//!   (replies, segments, I-Am, strays from unexpected addresses); `discovery`
+//!   sends Who-Is and Who-Is-Router-To-Network; `socket` opens the sized
+//!   socket and holds [`ClientStats`]; `bbmd` registers as a foreign device;
+//!   `drops` reads the kernel's drop counters.
 //! - [`read`]: [`read_meter`] and [`discover_devices`], what the collector and the MCP tools call.
 //! - [`describe`]: a device's objects, paged, and a drafted `points` JSON (`describe_device`).
-//! - [`points`]: the `points` JSON and `address` of a meter.
+//! - [`meta`]: [`MeterCache`], identity, units and scales learned once per meter definition.
+//! - [`address`]: a meter's `address` (`ip[:port]` or `network:mac@ip[:port]`).
+//! - [`points`]: the `points` JSON of a meter.
 //! - [`units`]: engineering units as readable symbols.
 //! - [`sim`]: simulated meters over real UDP, for tests, the benchmark and `metersync demo`.
 //!
 //! # Guarantees
 //! Nothing received from the network can panic this module: every decoder
 //! returns a `Result`, every read is bounds-checked, and a datagram that does
-//! not decode or match a pending request is counted and dropped.
+//! not decode or match a pending request is counted and dropped. Values are
+//! returned only from a device verified to be the configured instance.
 
+pub mod address;
+mod bbmd;
 pub mod client;
 pub mod describe;
+mod discovery;
+mod drops;
 mod frame;
+pub mod meta;
 pub mod points;
 pub mod read;
+mod receive;
 #[cfg(test)]
 mod robustness;
 mod services;
 pub mod sim;
+mod socket;
 mod tags;
 pub mod types;
 pub mod units;
@@ -56,20 +72,26 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
-pub use client::{ClientStats, UdpClient};
-pub use points::{parse_address, parse_points, AddressError, PointSpec, PointsError, DEFAULT_PORT};
+pub use address::{parse_address, AddressError, DeviceAddress, Mac, Route, DEFAULT_PORT};
+pub use bbmd::BbmdStatus;
+pub use client::{ClientStats, RouterInfo, UdpClient};
+pub use meta::MeterCache;
+pub use points::{parse_points, PointSpec, PointsError};
 pub use read::{discover_devices, read_meter, DiscoveredDevice, PointReading};
 pub use tags::CodecError;
-pub use types::{ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value};
+pub use types::{
+    readable_object_types, ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef,
+    PropertyResult, Value, MAX_INSTANCE,
+};
 
 /// A boxed, sendable future: keeps [`BacnetClient`] object-safe without `async-trait`.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One BACnet device on the local network: where it listens and its device instance.
+/// One BACnet device: where it is and its device instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Device {
-    /// The device's BACnet/IP address (IPv4 host and UDP port).
-    pub addr: SocketAddr,
+    /// The device's BACnet/IP address, or its router's and its network and MAC behind it.
+    pub addr: DeviceAddress,
     /// The device object's instance number (for messages and discovery; not routed on).
     pub instance: u32,
 }
@@ -79,8 +101,9 @@ pub struct Device {
 pub struct IAm {
     /// Device instance.
     pub instance: u32,
-    /// Where the device answered from (the originator for a BBMD-forwarded answer).
-    pub addr: SocketAddr,
+    /// Where the device answered from (the originator for a BBMD-forwarded answer;
+    /// the router's address with the device's network and MAC for a routed one).
+    pub addr: DeviceAddress,
     /// BACnet vendor identifier.
     pub vendor_id: u32,
     /// Largest APDU the device accepts.
@@ -88,7 +111,8 @@ pub struct IAm {
 }
 
 /// Socket and timing settings (the config module fills them from BACNET_BIND,
-/// BACNET_TIMEOUT_MS and BACNET_RETRIES).
+/// BACNET_TIMEOUT_MS, BACNET_RETRIES, COLLECT_CONCURRENCY, BACNET_BBMD and
+/// BACNET_BBMD_TTL_S).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BacnetConfig {
     /// Local address of the one socket all requests share (default 0.0.0.0:47808).
@@ -97,6 +121,13 @@ pub struct BacnetConfig {
     pub timeout: Duration,
     /// Retries after the first try (default 2, so 3 tries in all).
     pub retries: u32,
+    /// Device reads in flight at once (COLLECT_CONCURRENCY): sizes the socket's
+    /// receive buffer so their replies are not dropped by the kernel (default 32).
+    pub concurrency: usize,
+    /// The BBMD to register with as a foreign device, if any.
+    pub bbmd: Option<SocketAddr>,
+    /// The registration's time-to-live (re-registered at half of it).
+    pub bbmd_ttl: Duration,
 }
 
 impl Default for BacnetConfig {
@@ -105,6 +136,9 @@ impl Default for BacnetConfig {
             bind: SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
             timeout: Duration::from_millis(3000),
             retries: 2,
+            concurrency: 32,
+            bbmd: None,
+            bbmd_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -128,10 +162,54 @@ pub trait BacnetClient: Send + Sync {
     /// Fails only if the Who-Is cannot be sent.
     fn who_is(
         &self,
-        target: SocketAddr,
+        target: DeviceAddress,
         range: Option<(u32, u32)>,
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<IAm>, BacnetError>>;
+
+    /// Where [`read_meter`] keeps what it learns once per meter definition
+    /// (identity verified, units, scales); `None` reads it all every time.
+    fn meter_cache(&self) -> Option<&MeterCache> {
+        None
+    }
+}
+
+/// The BACnet client's state for `connection_status` and health.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
+pub struct BacnetStatus {
+    /// Whether the socket is open (it opens on the first read or discovery).
+    pub bound: bool,
+    /// The local address it is bound to.
+    pub local_addr: Option<String>,
+    /// What the client has seen (requests, garbage, kernel drops, ...).
+    pub stats: Option<ClientStats>,
+    /// The foreign-device registration, when BACNET_BBMD is set.
+    pub bbmd: Option<BbmdStatus>,
+}
+
+/// The status of `client` (`None`: not bound yet), with the configured BBMD.
+pub fn status(client: Option<&UdpClient>, bbmd: Option<SocketAddr>) -> BacnetStatus {
+    match client {
+        Some(c) => BacnetStatus {
+            bound: true,
+            local_addr: c.local_addr().ok().map(|a| a.to_string()),
+            stats: Some(c.stats()),
+            bbmd: c.bbmd_status(),
+        },
+        None => BacnetStatus {
+            bound: false,
+            local_addr: None,
+            stats: None,
+            bbmd: bbmd.map(|b| BbmdStatus {
+                bbmd: b.to_string(),
+                last_error: Some(
+                    "not registered yet: the BACnet socket opens on the first read or discovery"
+                        .into(),
+                ),
+                ..BbmdStatus::default()
+            }),
+        },
+    }
 }
 
 /// Everything that can go wrong talking BACnet; [`BacnetError::is_retryable`]
@@ -151,14 +229,14 @@ pub enum BacnetError {
     #[error("cannot send to {addr} (device {device}): {source}")]
     Send {
         /// Device address.
-        addr: SocketAddr,
+        addr: DeviceAddress,
         /// Device instance.
         device: u32,
         /// The OS error.
         #[source]
         source: std::io::Error,
     },
-    /// A Who-Is could not be sent (no device is addressed yet).
+    /// A Who-Is (or another unconfirmed request) could not be sent (no device is addressed yet).
     #[error("cannot send Who-Is to {target}: {source}")]
     WhoIsSend {
         /// Where the Who-Is went.
@@ -171,7 +249,7 @@ pub enum BacnetError {
     #[error("no reply from {addr} (device {device}) after {tries} tries of {timeout_ms} ms: check the meter's power, network and address")]
     Timeout {
         /// Device address.
-        addr: SocketAddr,
+        addr: DeviceAddress,
         /// Device instance.
         device: u32,
         /// Tries made.
@@ -183,7 +261,7 @@ pub enum BacnetError {
     #[error("device {device} at {addr} rejected the request (reject reason {reason})")]
     Rejected {
         /// Device address.
-        addr: SocketAddr,
+        addr: DeviceAddress,
         /// Device instance.
         device: u32,
         /// BACnet reject reason.
@@ -193,7 +271,7 @@ pub enum BacnetError {
     #[error("device {device} at {addr} aborted the request (abort reason {reason})")]
     Aborted {
         /// Device address.
-        addr: SocketAddr,
+        addr: DeviceAddress,
         /// Device instance.
         device: u32,
         /// BACnet abort reason.
@@ -203,12 +281,32 @@ pub enum BacnetError {
     #[error("malformed reply from {addr} (device {device}): {source}")]
     Malformed {
         /// Device address.
-        addr: SocketAddr,
+        addr: DeviceAddress,
         /// Device instance.
         device: u32,
         /// What was wrong.
         #[source]
         source: CodecError,
+    },
+    /// Replies to the request came, but from another address than the one asked.
+    #[error("device {device} at {addr} answered from {from} instead (a NAT or gateway answering from its own socket?): configure the address the device answers from, or make the gateway answer from {addr}")]
+    WrongSource {
+        /// Device address asked.
+        addr: DeviceAddress,
+        /// Device instance.
+        device: u32,
+        /// Where the replies came from.
+        from: SocketAddr,
+    },
+    /// The device at the address is not the configured instance.
+    #[error("the device at {addr} is {found}, not the configured device {configured}: check the meter's address and device_instance (its values are not stored)")]
+    WrongDevice {
+        /// Device address.
+        addr: DeviceAddress,
+        /// The configured instance.
+        configured: u32,
+        /// What the device says it is (e.g. `device 5001`).
+        found: String,
     },
     /// The client was shut down while the request was pending.
     #[error("the BACnet client has shut down")]

@@ -1,18 +1,14 @@
 //! A meter's configuration as the BACnet layer reads it: the `points` JSON of
-//! the `meters` table and the `address` column.
+//! the `meters` table (the `address` column is [`super::address`]).
 //!
 //! Guarantees: parsing never panics; every error names the offending entry
 //! (index and name) and says what would be accepted.
 
 use std::collections::HashSet;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use serde_json::Value as Json;
 
 use super::types::{ObjectId, ObjectType, PropertyId, MAX_INSTANCE, READABLE_OBJECT_TYPES};
-
-/// The UDP port BACnet/IP uses unless an address names another (0xBAC0).
-pub const DEFAULT_PORT: u16 = 47808;
 
 /// One configured point of a meter: a name, an object and the property to read.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,16 +43,6 @@ pub enum PointsError {
         /// What is wrong and what is accepted.
         problem: String,
     },
-}
-
-/// Why a meter's `address` could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("meter address `{input}` is not valid: {problem} (expected an IPv4 host with an optional port, e.g. 192.168.1.20:47808; the port defaults to 47808)")]
-pub struct AddressError {
-    /// The address as configured.
-    pub input: String,
-    /// What is wrong with it.
-    pub problem: String,
 }
 
 fn json_type(v: &Json) -> &'static str {
@@ -183,40 +169,6 @@ fn parse_object(s: &str) -> Result<ObjectId, String> {
     ObjectId::parse(s)
 }
 
-/// Parse a meter address `host:port` (IPv4 host; port defaults to 47808).
-///
-/// Fails on host names (resolving them would block and hide a misconfiguration),
-/// IPv6 (BACnet/IPv6 is a different protocol) and ports outside 1..=65535.
-pub fn parse_address(s: &str) -> Result<SocketAddr, AddressError> {
-    let fail = |problem: &str| AddressError {
-        input: s.to_string(),
-        problem: problem.to_string(),
-    };
-    let t = s.trim();
-    if t.is_empty() {
-        return Err(fail("it is empty"));
-    }
-    if t.starts_with('[') || t.matches(':').count() > 1 {
-        return Err(fail("IPv6 is not BACnet/IP"));
-    }
-    let (host, port) = match t.split_once(':') {
-        Some((h, p)) => {
-            let port = p
-                .trim()
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| fail("the port is not a number from 1 to 65535"))?;
-            (h.trim(), port)
-        }
-        None => (t, DEFAULT_PORT),
-    };
-    let ip: Ipv4Addr = host
-        .parse()
-        .map_err(|_| fail("the host is not an IPv4 address"))?;
-    Ok(SocketAddr::V4(SocketAddrV4::new(ip, port)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,27 +212,5 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("duplicate"));
-    }
-
-    #[test]
-    fn addresses_parse() {
-        assert_eq!(
-            parse_address("10.0.0.5").unwrap(),
-            "10.0.0.5:47808".parse().unwrap()
-        );
-        assert_eq!(
-            parse_address(" 10.0.0.5:47809 ").unwrap(),
-            "10.0.0.5:47809".parse().unwrap()
-        );
-        for bad in [
-            "",
-            "meter.local:47808",
-            "10.0.0.5:0",
-            "10.0.0.5:99999",
-            "[::1]:47808",
-            "10.0.0.5:x",
-        ] {
-            assert!(parse_address(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -7,14 +7,18 @@
 //! otherwise it carries the reason in `error` and no value, so nothing
 //! doubtful is billed.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde::Serialize;
 
+use super::address::DeviceAddress;
+use super::meta::{PointMeta, Scale};
 use super::points::PointSpec;
-use super::types::{ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value};
+use super::types::{
+    ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value,
+    WILDCARD_INSTANCE,
+};
 use super::units::unit_symbol;
 use super::{BacnetClient, BacnetError, Device};
 
@@ -39,8 +43,13 @@ pub struct PointReading {
 pub struct DiscoveredDevice {
     /// Device instance.
     pub instance: u32,
-    /// BACnet/IP address, `host:port`.
+    /// Its address in the meter address grammar: `host:port`, or
+    /// `network:mac@host:port` for a device behind a router (that router's address).
     pub address: String,
+    /// The remote network it is on, for a routed device.
+    pub network: Option<u16>,
+    /// Its MAC on that network (decimal for one byte, else 0x-hex), for a routed device.
+    pub mac: Option<String>,
     /// BACnet vendor identifier.
     pub vendor_id: u32,
     /// The device object's vendor-name, if it could be read.
@@ -53,53 +62,183 @@ pub struct DiscoveredDevice {
 
 /// Read every point of one meter.
 ///
-/// Asks for each point's property and its units, status-flags and reliability
-/// (and scale, for an accumulator's present-value) in as few ReadPropertyMultiple
-/// requests as fit unsegmented; the client splits further or falls back to
-/// ReadProperty as the device requires. Fails only when the device as a whole
-/// cannot be read (see [`BacnetClient::read_properties`]); a point the device
-/// refuses gets an `error` instead.
+/// On first contact with a meter definition (and when its address or points
+/// change, or daily) one request also verifies that the device at the address
+/// is the configured instance (the wildcard device's object-identifier) and
+/// learns each point's units and each accumulator's scale; the client's
+/// [`super::MeterCache`] keeps them. Every run otherwise asks for each point's
+/// property and status-flags only, in as few ReadPropertyMultiple requests as
+/// fit; a point whose status-flags say fault costs one more request, for its
+/// reliability, so the reason is named. The client splits further or falls
+/// back to ReadProperty as the device requires.
+///
+/// Fails when the device as a whole cannot be read (see
+/// [`BacnetClient::read_properties`]) or is not the configured instance
+/// ([`BacnetError::WrongDevice`]); a point the device refuses gets an `error` instead.
 pub async fn read_meter(
     client: &dyn BacnetClient,
     device: Device,
     points: &[PointSpec],
 ) -> Result<Vec<PointReading>, BacnetError> {
-    let mut props = Vec::with_capacity(points.len() * 5);
-    let mut plans = Vec::with_capacity(points.len());
-    for point in points {
-        let start = props.len();
-        let mut push = |property| {
+    let cache = client.meter_cache();
+    let known = cache.and_then(|c| c.get(device, points));
+    let mut props = Vec::with_capacity(points.len() * 4 + 1);
+    let mut scaled = Vec::new();
+    if known.is_none() {
+        props.push(PropertyRef {
+            object: ObjectId::device(WILDCARD_INSTANCE).unwrap_or(ObjectId::from_raw(0)),
+            property: PropertyId::OBJECT_IDENTIFIER,
+        });
+        for point in points {
             props.push(PropertyRef {
                 object: point.object,
-                property,
-            })
-        };
-        push(point.property);
-        push(PropertyId::UNITS);
-        push(PropertyId::STATUS_FLAGS);
-        push(PropertyId::RELIABILITY);
-        let scaled = is_scaled(point.object, point.property);
-        if scaled {
-            push(PropertyId::SCALE);
+                property: PropertyId::UNITS,
+            });
+            if is_scaled(point.object, point.property) {
+                scaled.push(Some(props.len()));
+                props.push(PropertyRef {
+                    object: point.object,
+                    property: PropertyId::SCALE,
+                });
+            } else {
+                scaled.push(None);
+            }
         }
-        plans.push((start, scaled));
+    }
+    let values_at = props.len();
+    for point in points {
+        props.push(PropertyRef {
+            object: point.object,
+            property: point.property,
+        });
+        props.push(PropertyRef {
+            object: point.object,
+            property: PropertyId::STATUS_FLAGS,
+        });
     }
     let results = client.read_properties(device, &props).await?;
+    let meta = match known {
+        Some(meta) => meta,
+        None => {
+            verify(client, device, results.first()).await?;
+            let mut at = 1;
+            let mut meta = Vec::with_capacity(points.len());
+            for scale_at in &scaled {
+                let unit = match results.get(at) {
+                    Some(Ok(Value::Enumerated(u))) => unit_symbol(*u),
+                    _ => None,
+                };
+                at += 1;
+                let scale = match scale_at {
+                    None => Ok(None),
+                    Some(i) => {
+                        at += 1;
+                        scale_of(results.get(*i)).map(Some)
+                    }
+                };
+                meta.push(PointMeta { unit, scale });
+            }
+            if let Some(cache) = cache {
+                cache.put(device, points, meta.clone());
+            }
+            meta
+        }
+    };
+    let value = |i: usize| results.get(values_at + 2 * i);
+    let flags = |i: usize| results.get(values_at + 2 * i + 1);
+    // Faulty points: ask why (one request for all of them).
+    let faulty: Vec<usize> = (0..points.len())
+        .filter(|i| matches!(flags(*i), Some(Ok(f)) if f.bit(1)))
+        .collect();
+    let mut reliability: Vec<Option<PropertyResult>> = vec![None; points.len()];
+    if !faulty.is_empty() {
+        let asks: Vec<PropertyRef> = faulty
+            .iter()
+            .filter_map(|i| points.get(*i))
+            .map(|p| PropertyRef {
+                object: p.object,
+                property: PropertyId::RELIABILITY,
+            })
+            .collect();
+        if let Ok(rs) = client.read_properties(device, &asks).await {
+            for (i, r) in faulty.iter().zip(rs) {
+                if let Some(slot) = reliability.get_mut(*i) {
+                    *slot = Some(r);
+                }
+            }
+        }
+    }
     Ok(points
         .iter()
-        .zip(plans)
-        .map(|(point, (start, scaled))| {
-            let get = |i: usize| results.get(start + i);
+        .enumerate()
+        .map(|(i, point)| {
+            let none = PointMeta {
+                unit: None,
+                scale: Ok(None),
+            };
             interpret(
                 point,
-                get(0),
-                get(1),
-                get(2),
-                get(3),
-                if scaled { get(4) } else { None },
+                value(i),
+                flags(i),
+                reliability.get(i).and_then(Option::as_ref),
+                meta.get(i).unwrap_or(&none),
             )
         })
         .collect())
+}
+
+/// Check that the device answering at `device.addr` is `device.instance`.
+///
+/// `wildcard` is its answer for device:4194303's object-identifier; a device
+/// too old for the wildcard is asked for its configured device object instead.
+async fn verify(
+    client: &dyn BacnetClient,
+    device: Device,
+    wildcard: Option<&PropertyResult>,
+) -> Result<(), BacnetError> {
+    let wrong = |found: String| BacnetError::WrongDevice {
+        addr: device.addr,
+        configured: device.instance,
+        found,
+    };
+    if let Some(Ok(Value::ObjectId(id))) = wildcard {
+        if id.object_type() == ObjectType::DEVICE && id.instance() != WILDCARD_INSTANCE {
+            return if id.instance() == device.instance {
+                Ok(())
+            } else {
+                Err(wrong(format!("device {}", id.instance())))
+            };
+        }
+    }
+    let Some(object) = ObjectId::device(device.instance) else {
+        return Err(wrong("not addressable".into()));
+    };
+    let ask = [PropertyRef {
+        object,
+        property: PropertyId::OBJECT_IDENTIFIER,
+    }];
+    let answer = client.read_properties(device, &ask).await?;
+    match answer.first() {
+        Some(Ok(Value::ObjectId(id))) if *id == object => Ok(()),
+        Some(Err(e)) if e.code == ErrorCode::UNKNOWN_OBJECT => {
+            // Name what is there, if it says.
+            let iam = client
+                .who_is(device.addr, None, Duration::from_millis(500))
+                .await
+                .unwrap_or_default();
+            Err(wrong(match iam.first() {
+                Some(i) => format!("device {}", i.instance),
+                None => format!("a device without device object {}", device.instance),
+            }))
+        }
+        Some(Ok(other)) => Err(wrong(format!(
+            "a device answering {other:?} for its identifier"
+        ))),
+        Some(Err(e)) => Err(wrong(format!(
+            "a device that cannot confirm its identity ({e})"
+        ))),
+        None => Err(wrong("a device that did not confirm its identity".into())),
+    }
 }
 
 fn is_scaled(object: ObjectId, property: PropertyId) -> bool {
@@ -109,19 +248,14 @@ fn is_scaled(object: ObjectId, property: PropertyId) -> bool {
 fn interpret(
     point: &PointSpec,
     value: Option<&PropertyResult>,
-    units: Option<&PropertyResult>,
     flags: Option<&PropertyResult>,
     reliability: Option<&PropertyResult>,
-    scale: Option<&PropertyResult>,
+    meta: &PointMeta,
 ) -> PointReading {
-    let unit = match units {
-        Some(Ok(Value::Enumerated(u))) => unit_symbol(*u),
-        _ => None,
-    };
     let reading = |value: Option<f64>, error: Option<String>| PointReading {
         name: point.name.clone(),
         value,
-        unit: unit.clone(),
+        unit: meta.unit.clone(),
         error,
     };
     let raw = match value {
@@ -130,6 +264,13 @@ fn interpret(
         None => return reading(None, Some("no result for the point".into())),
     };
     if let Some(Ok(f)) = flags {
+        if f.bit(1) {
+            if let Some(Ok(Value::Enumerated(n))) = reliability {
+                if *n != 0 {
+                    return reading(None, Some(format!("reliability: {}", reliability_name(*n))));
+                }
+            }
+        }
         let mut bad = Vec::new();
         if f.bit(1) {
             bad.push("fault");
@@ -141,24 +282,14 @@ fn interpret(
             return reading(None, Some(format!("status-flags: {}", bad.join(", "))));
         }
     }
-    if let Some(Ok(r)) = reliability {
-        match r {
-            Value::Enumerated(0) => {}
-            Value::Enumerated(n) => {
-                return reading(None, Some(format!("reliability: {}", reliability_name(*n))))
-            }
-            _ => return reading(None, Some("reliability: not an enumeration".into())),
-        }
-    }
-    let Some(mut number) = raw.as_f64() else {
+    let number = match &meta.scale {
+        Err(e) => return reading(None, Some(e.clone())),
+        Ok(Some(scale)) => scale.apply(raw),
+        Ok(None) => raw.as_f64(),
+    };
+    let Some(number) = number else {
         return reading(None, Some(format!("{} is not a number", point.property)));
     };
-    if let Some(scale) = scale {
-        match scale_factor(scale) {
-            Ok(factor) => number *= factor,
-            Err(e) => return reading(None, Some(e)),
-        }
-    }
     if !number.is_finite() {
         return reading(
             None,
@@ -169,21 +300,25 @@ fn interpret(
 }
 
 /// An accumulator's scale: `float-scale [0] REAL` or `integer-scale [1] INTEGER` (x 10^n).
-fn scale_factor(scale: &PropertyResult) -> Result<f64, String> {
+fn scale_of(scale: Option<&PropertyResult>) -> Result<Scale, String> {
+    let Some(scale) = scale else {
+        return Err("scale: no result".into());
+    };
     match scale {
         Ok(Value::Context { tag: 0, data }) => <[u8; 4]>::try_from(data.as_slice())
-            .map(|b| f64::from(f32::from_be_bytes(b)))
-            .map_err(|_| "scale: malformed float-scale".to_string()),
+            .ok()
+            .and_then(|b| Scale::from_f32(f32::from_be_bytes(b)))
+            .ok_or_else(|| "scale: malformed float-scale".to_string()),
         Ok(Value::Context { tag: 1, data }) => super::tags::signed(data)
             .ok()
             .and_then(|n| i32::try_from(n).ok())
             .filter(|n| (-30..=30).contains(n))
-            .map(|n| 10f64.powi(n))
+            .map(Scale::power_of_ten)
             .ok_or_else(|| "scale: integer-scale out of range".to_string()),
-        Ok(Value::Real(f)) => Ok(f64::from(*f)),
+        Ok(Value::Real(f)) => Scale::from_f32(*f).ok_or_else(|| "scale: not finite".to_string()),
         Ok(_) => Err("scale: not a BACnetScale".into()),
         // A device without the (required) scale property: count as unscaled.
-        Err(e) if e.is_unknown_property() => Ok(1.0),
+        Err(e) if e.is_unknown_property() => Ok(Scale::power_of_ten(0)),
         Err(e) => Err(format!("scale: {e}")),
     }
 }
@@ -215,7 +350,7 @@ fn reliability_name(n: u32) -> String {
 /// Fails only if the Who-Is cannot be sent.
 pub async fn discover_devices(
     client: &dyn BacnetClient,
-    target: SocketAddr,
+    target: DeviceAddress,
     range: Option<(u32, u32)>,
     wait: Duration,
 ) -> Result<Vec<DiscoveredDevice>, BacnetError> {
@@ -225,6 +360,8 @@ pub async fn discover_devices(
             let mut out = DiscoveredDevice {
                 instance: iam.instance,
                 address: iam.addr.to_string(),
+                network: iam.addr.route.map(|r| r.network),
+                mac: iam.addr.route.map(|r| r.mac.to_string()),
                 vendor_id: iam.vendor_id,
                 vendor_name: None,
                 name: None,
@@ -299,7 +436,7 @@ mod tests {
 
         fn who_is(
             &self,
-            _target: SocketAddr,
+            _target: DeviceAddress,
             _range: Option<(u32, u32)>,
             _wait: Duration,
         ) -> super::super::BoxFuture<'_, Result<Vec<IAm>, BacnetError>> {
@@ -325,6 +462,13 @@ mod tests {
     #[tokio::test]
     async fn scales_flags_and_non_finite_values() {
         let fake = Fake(vec![
+            (
+                PropertyRef {
+                    object: ObjectId::device(WILDCARD_INSTANCE).unwrap(),
+                    property: PropertyId::OBJECT_IDENTIFIER,
+                },
+                Ok(Value::ObjectId(ObjectId::device(1).unwrap())),
+            ),
             (
                 p("accumulator:1", PropertyId::PRESENT_VALUE),
                 Ok(Value::Unsigned(1234)),
@@ -368,7 +512,7 @@ mod tests {
             ),
         ]);
         let device = Device {
-            addr: "127.0.0.1:47808".parse().unwrap(),
+            addr: DeviceAddress::direct("127.0.0.1:47808".parse().unwrap()),
             instance: 1,
         };
         let points = [
@@ -379,7 +523,7 @@ mod tests {
             point("e", "analog-value:3"),
         ];
         let r = read_meter(&fake, device, &points).await.unwrap();
-        assert!((r[0].value.unwrap() - 12.34).abs() < 1e-9);
+        assert_eq!(r[0].value, Some(12.34));
         assert_eq!(r[0].unit.as_deref(), Some("kWh"));
         assert_eq!(r[1].value, Some(5.0));
         assert_eq!(

@@ -2,7 +2,8 @@
 //! random and mutated datagrams through [`super::fuzz_decode`] and through a
 //! simulated device's request handler (the fuzz crate does the same, longer).
 
-use super::frame;
+use super::address::{Mac, Route};
+use super::frame::{self, Npci};
 use super::services::{self, IAmBody};
 use super::sim::SimDeviceConfig;
 use super::types::{ErrorCode, ObjectId, PropertyId, PropertyRef, Value};
@@ -51,7 +52,7 @@ fn seed_corpus() -> Vec<Vec<u8>> {
         &mut rpm_ack,
         &[(pv, Ok(Value::Unsigned(u64::MAX))), (sf, Ok(flags))],
     );
-    apdus.push(rpm_ack);
+    apdus.push(rpm_ack.clone());
     let mut rpm_err = vec![0x30, 3, frame::SERVICE_READ_PROPERTY_MULTIPLE];
     services::encode_rpm_ack(&mut rpm_err, &[(pv, Err(ErrorCode { class: 1, code: 31 }))]);
     apdus.push(rpm_err);
@@ -71,13 +72,104 @@ fn seed_corpus() -> Vec<Vec<u8>> {
             vendor_id: 999,
         },
     );
-    apdus.push(i_am);
+    apdus.push(i_am.clone());
     apdus.push(vec![0x60, 5, 9]);
     apdus.push(vec![0x71, 6, 4]);
-    apdus
+    // A segment of a segmented ComplexAck, and a SegmentAck (and a NAK).
+    let mut segment = vec![0x3c, 7, 0, 4, frame::SERVICE_READ_PROPERTY_MULTIPLE];
+    segment.extend_from_slice(rpm_ack.get(3..).unwrap_or(&[]));
+    apdus.push(segment);
+    apdus.push(frame::segment_ack(7, 0, 16, false));
+    apdus.push(frame::server_segment_ack(7, 0, 4));
+    let rpm_body = seg_rpm_body(pv, sf);
+    let half = rpm_body.len() / 2;
+    apdus.push(frame::request_segment(
+        9,
+        frame::SERVICE_READ_PROPERTY_MULTIPLE,
+        0,
+        16,
+        true,
+        rpm_body.get(..half).unwrap_or(&[]),
+    ));
+    apdus.push(frame::request_segment(
+        9,
+        frame::SERVICE_READ_PROPERTY_MULTIPLE,
+        1,
+        16,
+        false,
+        rpm_body.get(half..).unwrap_or(&[]),
+    ));
+    apdus.push(frame::segment_ack(7, 3, 16, true));
+    // A confirmed request accepting a segmented reply.
+    let mut seg_rpm =
+        frame::confirmed_request_header_segmented(8, frame::SERVICE_READ_PROPERTY_MULTIPLE);
+    services::encode_rpm(&mut seg_rpm, &[pv, sf]);
+    apdus.push(seg_rpm.clone());
+    let mut out: Vec<Vec<u8>> = apdus
         .iter()
         .filter_map(|a| frame::encode_datagram(false, true, a).ok())
-        .collect()
+        .collect();
+    // The routed, forwarded and BVLC-only forms.
+    let mac = Mac::new(&[5]).unwrap_or_else(|| unreachable!());
+    let routed = Npci {
+        dest: Some((2001, Some(mac))),
+        source: Some(Route { network: 7, mac }),
+        expecting_reply: true,
+        network_message: None,
+    };
+    for apdu in [&seg_rpm, &rpm_ack, &i_am] {
+        out.extend(
+            frame::encode_bvlc(
+                frame::BVLC_ORIGINAL_UNICAST,
+                None,
+                &frame::encode_npdu(&routed, apdu),
+            )
+            .ok(),
+        );
+        let origin = "10.0.0.5:47808".parse().ok();
+        out.extend(
+            frame::encode_bvlc(
+                frame::BVLC_FORWARDED_NPDU,
+                origin,
+                &frame::encode_npdu(&Npci::default(), apdu),
+            )
+            .ok(),
+        );
+        out.extend(
+            frame::encode_bvlc(
+                frame::BVLC_DISTRIBUTE_BROADCAST,
+                None,
+                &frame::encode_npdu(&Npci::default(), apdu),
+            )
+            .ok(),
+        );
+    }
+    for (kind, body) in [
+        (frame::NL_WHO_IS_ROUTER, &[][..]),
+        (frame::NL_I_AM_ROUTER, &[0x07, 0xd1, 0x07, 0xd2][..]),
+    ] {
+        let nl = Npci {
+            network_message: Some(kind),
+            ..Npci::default()
+        };
+        out.extend(
+            frame::encode_bvlc(
+                frame::BVLC_ORIGINAL_BROADCAST,
+                None,
+                &frame::encode_npdu(&nl, body),
+            )
+            .ok(),
+        );
+    }
+    out.extend(frame::encode_bvlc(frame::BVLC_RESULT, None, &[0, 0x30]).ok());
+    out.extend(frame::encode_bvlc(frame::BVLC_REGISTER_FOREIGN_DEVICE, None, &[1, 44]).ok());
+    out
+}
+
+fn seg_rpm_body(a: PropertyRef, b: PropertyRef) -> Vec<u8> {
+    let mut body = Vec::new();
+    services::encode_rpm(&mut body, &[a, b]);
+    body
 }
 
 /// A random buffer, or a seed with a few bytes flipped, inserted, removed or truncated.

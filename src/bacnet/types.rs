@@ -7,8 +7,15 @@
 
 use std::fmt;
 
-/// Largest object instance a 22-bit BACnet object identifier can carry.
-pub const MAX_INSTANCE: u32 = (1 << 22) - 1;
+/// Largest instance a configured object or device may have: 4194303 (2^22-1,
+/// the most a 22-bit identifier carries) is reserved as the "this device"
+/// wildcard, so no real object has it.
+pub const MAX_INSTANCE: u32 = 4_194_302;
+/// The wildcard device instance: `device:4194303` addresses whatever device
+/// receives the request (clause 15.5.2), which is how a device's identity is checked.
+pub const WILDCARD_INSTANCE: u32 = INSTANCE_MASK;
+/// The 22 instance bits of an object identifier.
+const INSTANCE_MASK: u32 = (1 << 22) - 1;
 /// Largest object type a 10-bit BACnet object identifier can carry.
 pub const MAX_OBJECT_TYPE: u16 = (1 << 10) - 1;
 
@@ -26,6 +33,9 @@ const OBJECT_TYPES: &[(u16, &str)] = &[
     (19, "multi-state-value"),
     (23, "accumulator"),
     (24, "pulse-converter"),
+    (45, "integer-value"),
+    (46, "large-analog-value"),
+    (48, "positive-integer-value"),
 ];
 
 /// Properties this agent names (numbers from ANSI/ASHRAE 135, clause 21).
@@ -60,6 +70,22 @@ impl ObjectType {
     /// accumulator (23): present-value is an unsigned count to be multiplied by `scale`.
     pub const ACCUMULATOR: Self = Self(23);
 
+    /// binary-input (3)
+    pub const BINARY_INPUT: Self = Self(3);
+    /// multi-state-input (13)
+    pub const MULTI_STATE_INPUT: Self = Self(13);
+    /// integer-value (45)
+    pub const INTEGER_VALUE: Self = Self(45);
+    /// large-analog-value (46)
+    pub const LARGE_ANALOG_VALUE: Self = Self(46);
+    /// positive-integer-value (48)
+    pub const POSITIVE_INTEGER_VALUE: Self = Self(48);
+
+    /// Whether a point of this type can be read as a number (see [`readable_object_types`]).
+    pub fn is_readable(self) -> bool {
+        READABLE_OBJECT_TYPES.iter().any(|(n, _)| *n == self.0)
+    }
+
     /// The type with this number, if it fits in 10 bits.
     pub fn new(raw: u16) -> Option<Self> {
         (raw <= MAX_OBJECT_TYPE).then_some(Self(raw))
@@ -84,7 +110,8 @@ impl fmt::Display for ObjectType {
 /// collector reads (DESIGN: analog/binary/multi-state input and value,
 /// accumulator, integer-value, positive-integer-value, large-analog-value),
 /// as (wire number, name). The meter definition (`crate::meter_def`) accepts
-/// exactly these.
+/// exactly these; each decodes to a number (binary as 0/1, multi-state as the
+/// state number, large-analog as a double).
 pub const READABLE_OBJECT_TYPES: &[(u16, &str)] = &[
     (0, "analog-input"),
     (2, "analog-value"),
@@ -110,15 +137,15 @@ pub struct ObjectId {
 }
 
 impl ObjectId {
-    /// An identifier, if `instance` fits in 22 bits.
+    /// An identifier, if `instance` fits in 22 bits (the wildcard included).
     pub fn new(object_type: ObjectType, instance: u32) -> Option<Self> {
-        (instance <= MAX_INSTANCE).then_some(Self {
+        (instance <= INSTANCE_MASK).then_some(Self {
             object_type,
             instance,
         })
     }
 
-    /// The device object of device `instance` (instances above 2^22-1 are clamped out: `None`).
+    /// The device object of device `instance` (instances above 2^22-1 are `None`).
     pub fn device(instance: u32) -> Option<Self> {
         Self::new(ObjectType::DEVICE, instance)
     }
@@ -143,7 +170,7 @@ impl ObjectId {
         Self {
             // `raw >> 22` is at most 1023, so it always fits.
             object_type: ObjectType((raw >> 22) as u16),
-            instance: raw & MAX_INSTANCE,
+            instance: raw & INSTANCE_MASK,
         }
     }
 
@@ -173,9 +200,13 @@ impl ObjectId {
             .trim()
             .parse()
             .map_err(|_| format!("object instance `{}` is not a number", inst.trim()))?;
-        Self::new(object_type, instance).ok_or_else(|| {
-            format!("object instance {instance} is above the BACnet limit {MAX_INSTANCE}")
-        })
+        if instance > MAX_INSTANCE {
+            return Err(format!(
+                "object instance {instance} is above the BACnet limit {MAX_INSTANCE}"
+            ));
+        }
+        Self::new(object_type, instance)
+            .ok_or_else(|| format!("object instance {instance} is above the BACnet limit"))
     }
 }
 
@@ -200,6 +231,8 @@ impl PropertyId {
     pub const RELIABILITY: Self = Self(103);
     /// scale (187) of an accumulator.
     pub const SCALE: Self = Self(187);
+    /// object-identifier (75).
+    pub const OBJECT_IDENTIFIER: Self = Self(75);
     /// object-name (77).
     pub const OBJECT_NAME: Self = Self(77);
     /// vendor-name (121) of a device.
@@ -237,6 +270,14 @@ impl fmt::Display for PropertyId {
             None => write!(f, "property {}", self.0),
         }
     }
+}
+
+/// The object types [`ObjectType::is_readable`] accepts, for messages and the README.
+pub fn readable_object_types() -> Vec<ObjectType> {
+    READABLE_OBJECT_TYPES
+        .iter()
+        .map(|(n, _)| ObjectType(*n))
+        .collect()
 }
 
 fn known<T>(table: &[(T, &str)]) -> String {
@@ -405,6 +446,21 @@ mod tests {
             .unwrap_err()
             .contains("unknown object type"));
         assert!(ObjectId::parse("analog-input:4194304").is_err());
+        assert!(ObjectId::parse("analog-input:4194303").is_err());
+        assert!(ObjectId::parse("analog-input:4194302").is_ok());
+        for t in [
+            "integer-value:1",
+            "large-analog-value:1",
+            "positive-integer-value:1",
+            "binary-input:1",
+            "multi-state-value:1",
+        ] {
+            assert!(
+                ObjectId::parse(t).unwrap().object_type().is_readable(),
+                "{t}"
+            );
+        }
+        assert!(!ObjectType::DEVICE.is_readable());
         assert!(ObjectId::parse("analog-input:-1").is_err());
         assert!(ObjectId::parse("1024:1").is_err());
     }

@@ -148,6 +148,7 @@ mod tests {
             bind: "127.0.0.1:0".parse().unwrap(),
             timeout: std::time::Duration::from_millis(5),
             retries: 0,
+            ..Default::default()
         })
         .await
         .unwrap();

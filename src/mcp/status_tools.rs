@@ -28,19 +28,34 @@ failing_cursor for the rest). Reads the local database only. Writes nothing.",
     )
 }
 
+/// `connection_status`: both databases, and the BACnet client.
+#[derive(Debug, serde::Serialize, schemars::JsonSchema)]
+pub struct ConnectionReport {
+    /// The databases (local, remote).
+    #[serde(flatten)]
+    pub db: ConnectionStatus,
+    /// The BACnet/IP client: socket, counters, BBMD registration.
+    pub bacnet: crate::bacnet::BacnetStatus,
+}
+
 #[tool_router(router = status_router, vis = "pub(super)")]
 impl MeterSyncServer {
     /// Per database: connected, latency, server version, pool occupancy,
     /// retries so far and the last error.
     #[tool(
-        description = "Check both databases now (one attempt each, no retries): connected, latency_ms, server_version, pool size/available/max, connection retries so far, last error. Writes nothing.",
+        description = "Check both databases now (one attempt each, no retries): connected, latency_ms, server_version, pool size/available/max, connection retries so far, last error; and the BACnet client (socket buffer, dropped datagrams, BBMD registration). Writes nothing.",
         annotations(read_only_hint = true, idempotent_hint = true, open_world_hint = true)
     )]
     async fn connection_status(
         &self,
         Parameters(_): Parameters<NoArgs>,
-    ) -> Result<Json<ConnectionStatus>, String> {
-        Ok(Json(self.app.db.status().await))
+    ) -> Result<Json<ConnectionReport>, String> {
+        let db = self.app.db.status().await;
+        let bacnet = crate::bacnet::status(
+            self.app.bacnet_if_bound().as_deref(),
+            self.app.config.bacnet_bbmd,
+        );
+        Ok(Json(ConnectionReport { db, bacnet }))
     }
 
     /// Backlog, last runs and meter health from the local database.

@@ -12,6 +12,7 @@ use super::super::frame::{self, Apdu};
 use super::super::services::{self, IAmBody};
 use super::super::types::{
     ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value,
+    WILDCARD_INSTANCE,
 };
 use super::SimDeviceConfig;
 
@@ -33,8 +34,24 @@ impl SimScale {
     }
 }
 
+/// How an object's present-value goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// REAL (analog objects).
+    Real,
+    /// Enumerated inactive/active (binary objects).
+    Binary,
+    /// Unsigned (multi-state state numbers, positive-integer-value).
+    Unsigned,
+    /// INTEGER (integer-value).
+    Signed,
+    /// Double (large-analog-value).
+    Double,
+}
+
 #[derive(Clone, Debug)]
 pub(crate) struct SimObject {
+    pub encoding: Encoding,
     pub name: String,
     /// Analog value, or the accumulator's pulse count.
     pub value: f64,
@@ -51,9 +68,28 @@ pub(crate) struct SimObject {
 impl SimObject {
     /// What a client computes from this object's present-value (f32 rounding, scale applied).
     pub fn served_value(&self) -> f64 {
-        match self.scale {
-            Some(scale) => self.value.max(0.0).round() * scale.factor(),
-            None => f64::from(self.value as f32),
+        if let Some(scale) = self.scale {
+            return self.value.max(0.0).round() * scale.factor();
+        }
+        match self.encoding {
+            Encoding::Real => f64::from(self.value as f32),
+            Encoding::Binary => f64::from(u8::from(self.value != 0.0)),
+            Encoding::Unsigned => self.value.max(0.0).round(),
+            Encoding::Signed => self.value.round(),
+            Encoding::Double => self.value,
+        }
+    }
+
+    fn wire_value(&self) -> Value {
+        if self.scale.is_some() {
+            return Value::Unsigned(self.value.max(0.0).round() as u64);
+        }
+        match self.encoding {
+            Encoding::Real => Value::Real(self.value as f32),
+            Encoding::Binary => Value::Enumerated(u32::from(self.value != 0.0)),
+            Encoding::Unsigned => Value::Unsigned(self.value.max(0.0).round() as u64),
+            Encoding::Signed => Value::Signed(self.value.round() as i64),
+            Encoding::Double => Value::Double(self.value),
         }
     }
 }
@@ -63,6 +99,10 @@ pub(crate) struct DeviceState {
     pub objects: BTreeMap<ObjectId, SimObject>,
     pub frozen: bool,
     pub reads: u64,
+    /// The segments of the last segmented reply (invoke id, APDUs), for the socket loop.
+    pub outgoing: Option<(u8, Vec<Vec<u8>>)>,
+    /// Properties asked for (each property of an RPM counts).
+    pub properties: u64,
 }
 
 fn err(class: u32, code: u32) -> ErrorCode {
@@ -93,6 +133,24 @@ impl DeviceState {
             acc.scale = Some(config.scale);
             objects.insert(id, acc);
         }
+        // One object of every other readable type, for the object-type tests.
+        let typed: [(u16, &str, f64, u32, Encoding); 8] = [
+            (2, "setpoint", 21.5, 62, Encoding::Real),
+            (3, "breaker", 1.0, 95, Encoding::Binary),
+            (5, "relay", 0.0, 95, Encoding::Binary),
+            (13, "tariff", 2.0, 95, Encoding::Unsigned),
+            (19, "mode", 3.0, 95, Encoding::Unsigned),
+            (45, "temperature-offset", -7.0, 62, Encoding::Signed),
+            (46, "lifetime-energy", 123_456_789.125, 19, Encoding::Double),
+            (48, "pulse-count", 4_000_000_000.0, 95, Encoding::Unsigned),
+        ];
+        for (ty, name, value, units, encoding) in typed {
+            if let Some(id) = ObjectType::new(ty).and_then(|t| ObjectId::new(t, 1)) {
+                let mut o = analog(name, value, units, 0.0, true);
+                o.encoding = encoding;
+                objects.insert(id, o);
+            }
+        }
         for i in 0..config.extra_points {
             if let Some(id) = ai(100 + i) {
                 let value = f64::from(i) + 0.5;
@@ -104,6 +162,8 @@ impl DeviceState {
             objects,
             frozen: false,
             reads: 0,
+            outgoing: None,
+            properties: 0,
         }
     }
 
@@ -113,21 +173,48 @@ impl DeviceState {
 
     /// Answer one datagram; `None` when there is nothing to answer.
     pub(crate) fn handle(&mut self, data: &[u8]) -> Option<Vec<u8>> {
-        let apdu = frame::decode_datagram(data).ok()?.apdu?;
-        let reply = match apdu {
+        self.handle_datagram(data).map(|(reply, _)| reply)
+    }
+
+    /// Answer one datagram: the reply and, for a BBMD-forwarded request, the
+    /// originator it goes to (else the sender).
+    pub(crate) fn handle_datagram(
+        &mut self,
+        data: &[u8],
+    ) -> Option<(Vec<u8>, Option<std::net::SocketAddr>)> {
+        let dg = frame::decode_datagram(data).ok()?;
+        let reply = self.handle_apdu(dg.apdu?)?;
+        Some((
+            frame::encode_datagram(false, false, &reply).ok()?,
+            dg.forwarded_from,
+        ))
+    }
+
+    /// Answer one APDU with a reply APDU (for the socket loop and the simulated router).
+    pub(crate) fn handle_apdu(&mut self, apdu: Apdu<'_>) -> Option<Vec<u8>> {
+        Some(match apdu {
             Apdu::ConfirmedRequest {
                 invoke_id,
                 service,
                 max_apdu,
-                segmented,
+                segment,
+                segmented_response_accepted,
                 body,
             } => {
                 self.reads = self.reads.saturating_add(1);
-                if segmented {
+                // Segmented requests are put together by the socket loop first.
+                if segment.is_some() {
                     abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED)
                 } else {
                     let limit = max_apdu.min(self.config.max_apdu);
-                    self.confirmed(invoke_id, service, body, limit)
+                    let apdu = self.confirmed(invoke_id, service, body);
+                    if apdu.len() <= limit || apdu.first() != Some(&0x30) {
+                        apdu
+                    } else if segmented_response_accepted && self.config.segmentation {
+                        self.segment(invoke_id, service, &apdu, limit)
+                    } else {
+                        abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED)
+                    }
                 }
             }
             Apdu::Unconfirmed {
@@ -149,14 +236,13 @@ impl DeviceState {
                         vendor_id: u64::from(self.config.vendor_id),
                     },
                 );
-                return frame::encode_datagram(false, false, &apdu).ok();
+                apdu
             }
             _ => return None,
-        };
-        frame::encode_datagram(false, false, &reply).ok()
+        })
     }
 
-    fn confirmed(&mut self, invoke_id: u8, service: u8, body: &[u8], limit: usize) -> Vec<u8> {
+    fn confirmed(&mut self, invoke_id: u8, service: u8, body: &[u8]) -> Vec<u8> {
         let mut apdu = vec![0x30, invoke_id, service];
         match service {
             frame::SERVICE_READ_PROPERTY => {
@@ -182,14 +268,45 @@ impl DeviceState {
             }
             _ => return reject(invoke_id, frame::REJECT_UNRECOGNIZED_SERVICE),
         }
-        if apdu.len() > limit {
-            return abort(invoke_id, frame::ABORT_SEGMENTATION_NOT_SUPPORTED);
-        }
         apdu
     }
 
+    /// Split a too-long ComplexAck into segments: keep them in `outgoing`
+    /// and return the first (the rest go as the client acknowledges).
+    fn segment(&mut self, invoke_id: u8, service: u8, apdu: &[u8], limit: usize) -> Vec<u8> {
+        let body = apdu.get(3..).unwrap_or(&[]);
+        let room = limit.saturating_sub(5).max(1);
+        let count = body.len().div_ceil(room);
+        if count > 64 {
+            return abort(invoke_id, frame::ABORT_BUFFER_OVERFLOW);
+        }
+        let segments: Vec<Vec<u8>> = body
+            .chunks(room)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let more = i + 1 < count;
+                let mut s = vec![
+                    0x38 | if more { 0x04 } else { 0 },
+                    invoke_id,
+                    i as u8,
+                    SEGMENT_WINDOW,
+                    service,
+                ];
+                s.extend_from_slice(chunk);
+                s
+            })
+            .collect();
+        let first = segments.first().cloned().unwrap_or_default();
+        self.outgoing = Some((invoke_id, segments));
+        first
+    }
+
     fn read(&mut self, p: PropertyRef) -> PropertyResult {
-        if Some(p.object) == self.device_id() {
+        self.properties = self.properties.saturating_add(1);
+        let wildcard = ObjectId::device(WILDCARD_INSTANCE);
+        if Some(p.object) == self.device_id()
+            || (Some(p.object) == wildcard && self.config.answers_wildcard)
+        {
             return self.read_device(p.property);
         }
         let frozen = self.frozen;
@@ -208,17 +325,17 @@ impl DeviceState {
                         o.drift = -o.drift;
                     }
                 }
-                if o.scale.is_some() {
-                    Value::Unsigned(o.value.max(0.0).round() as u64)
-                } else {
-                    Value::Real(o.value as f32)
-                }
+                o.wire_value()
             }
             103 => Value::Enumerated(o.reliability),
+            // Fault is set whenever reliability is not no-fault-detected (clause 12).
             111 => Value::BitString {
                 unused_bits: 4,
-                bytes: vec![o.status_flags & 0xf0],
+                bytes: vec![(o.status_flags & 0xf0) | if o.reliability != 0 { 0x40 } else { 0 }],
             },
+            117 if o.units == 95 => {
+                return Err(err(ErrorCode::CLASS_PROPERTY, ErrorCode::UNKNOWN_PROPERTY))
+            }
             117 => Value::Enumerated(o.units),
             187 => match o.scale {
                 Some(SimScale::Float(f)) => Value::Context {
@@ -259,6 +376,7 @@ impl DeviceState {
 
 fn analog(name: &str, value: f64, units: u32, drift: f64, monotonic: bool) -> SimObject {
     SimObject {
+        encoding: Encoding::Real,
         name: name.to_string(),
         value,
         units,
@@ -287,6 +405,9 @@ fn element(v: Value, index: Option<u32>) -> PropertyResult {
         .nth(at)
         .ok_or(err(ErrorCode::CLASS_PROPERTY, 42))
 }
+
+/// The window the simulator proposes for a segmented reply.
+const SEGMENT_WINDOW: u8 = 4;
 
 fn reject(invoke_id: u8, reason: u8) -> Vec<u8> {
     vec![0x60, invoke_id, reason]

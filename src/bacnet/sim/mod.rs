@@ -6,15 +6,23 @@
 //! vendor-identifier), analog-inputs 1-7 (energy kWh, power kW, voltage V,
 //! current A, frequency Hz, power factor, reactive power kvar), accumulator 1
 //! (kWh pulses with a scale) and optionally `extra_points` analog-inputs from
-//! 100 up. Values drift on every read unless frozen. Per device: RPM support,
-//! max APDU, a response delay, and "dead" (never answers) are configurable;
-//! [`SimDevice`] sets values, faults and counts requests.
+//! 100 up, plus one object of each other readable type (analog-value,
+//! binary-input/value, multi-state-input/value, integer-value,
+//! positive-integer-value, large-analog-value, instance 1). Values drift on
+//! every read unless frozen. Per device: RPM support, max APDU, segmentation,
+//! the wildcard device instance, a response delay, replying from another
+//! port, and "dead" (never answers) are configurable; [`SimDevice`] sets
+//! values, faults and scales and counts requests and properties.
+//! [`Simulator::add_router`] adds a BACnet router with MS/TP-style networks
+//! behind it, [`Simulator::add_bbmd`] a BBMD (see `network`).
 //!
 //! Guarantees: no input datagram can panic the simulator; dropping the
 //! [`Simulator`] stops its tasks, [`Simulator::shutdown`] also waits for them.
 
 mod device;
+mod network;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,7 +34,10 @@ use tracing::debug;
 
 use device::DeviceState;
 pub use device::SimScale;
+pub use network::{SimBbmd, SimRouted};
 
+use super::address::{DeviceAddress, Route};
+use super::frame;
 use super::points::PointSpec;
 use super::types::{ObjectId, ObjectType, PropertyId};
 
@@ -96,6 +107,18 @@ pub struct SimDeviceConfig {
     pub delay: Duration,
     /// The accumulator's scale.
     pub scale: SimScale,
+    /// Answer reads of the wildcard device `device:4194303` (devices before
+    /// 135-2004 do not; the client then asks for the configured device object).
+    pub answers_wildcard: bool,
+    /// Segment replies longer than `max_apdu` when the request allows it
+    /// (window 4), instead of aborting with segmentation-not-supported.
+    pub segmentation: bool,
+    /// Lose this segment of the first segmented reply once (never sent), to
+    /// exercise the client's negative acknowledgement.
+    pub lose_segment_once: Option<u8>,
+    /// Send replies from another socket (another port on the same IP), as a
+    /// NAT or a gateway answering from its own socket does.
+    pub reply_from_other_port: bool,
 }
 
 impl SimDeviceConfig {
@@ -113,6 +136,10 @@ impl SimDeviceConfig {
             dead: false,
             delay: Duration::ZERO,
             scale: SimScale::Integer(-1),
+            answers_wildcard: true,
+            segmentation: false,
+            lose_segment_once: None,
+            reply_from_other_port: false,
         }
     }
 }
@@ -121,18 +148,27 @@ impl SimDeviceConfig {
 #[derive(Clone)]
 pub struct SimDevice {
     addr: SocketAddr,
+    route: Option<Route>,
     instance: u32,
     state: Arc<Mutex<DeviceState>>,
 }
 
-fn lock(m: &Mutex<DeviceState>) -> MutexGuard<'_, DeviceState> {
+pub(crate) fn lock(m: &Mutex<DeviceState>) -> MutexGuard<'_, DeviceState> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SimDevice {
-    /// Where the device listens.
+    /// Where the device listens (its router's address for a routed device).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its address in the meter address grammar (with network and MAC when routed).
+    pub fn address(&self) -> DeviceAddress {
+        DeviceAddress {
+            ip: self.addr,
+            route: self.route,
+        }
     }
 
     /// Its device instance.
@@ -191,9 +227,27 @@ impl SimDevice {
         lock(&self.state).reads
     }
 
-    /// Reset the request counter.
+    /// Properties asked for so far (each property of a ReadPropertyMultiple counts).
+    pub fn properties(&self) -> u64 {
+        lock(&self.state).properties
+    }
+
+    /// Reset the request and property counters.
     pub fn reset_requests(&self) {
-        lock(&self.state).reads = 0;
+        let mut state = lock(&self.state);
+        state.reads = 0;
+        state.properties = 0;
+    }
+
+    /// Set the accumulator's scale.
+    pub fn set_scale(&self, scale: SimScale) {
+        let mut state = lock(&self.state);
+        state.config.scale = scale;
+        for o in state.objects.values_mut() {
+            if o.scale.is_some() {
+                o.scale = Some(scale);
+            }
+        }
     }
 }
 
@@ -205,6 +259,8 @@ pub(crate) fn device_state_for_tests(config: SimDeviceConfig) -> DeviceState {
 /// Many simulated devices; stops when dropped.
 pub struct Simulator {
     devices: Vec<SimDevice>,
+    routers: Vec<SocketAddr>,
+    bbmds: Vec<SimBbmd>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -215,19 +271,31 @@ impl Simulator {
         let cancel = CancellationToken::new();
         let mut sim = Self {
             devices: Vec::with_capacity(configs.len()),
+            routers: Vec::new(),
+            bbmds: Vec::new(),
             cancel: cancel.clone(),
             tasks: Vec::with_capacity(configs.len()),
         };
         for config in configs {
             let socket = Arc::new(UdpSocket::bind(config.bind).await?);
             let addr = socket.local_addr()?;
+            let reply_socket = if config.reply_from_other_port {
+                Arc::new(UdpSocket::bind(SocketAddr::new(addr.ip(), 0)).await?)
+            } else {
+                socket.clone()
+            };
             let device = SimDevice {
                 addr,
+                route: None,
                 instance: config.instance,
                 state: Arc::new(Mutex::new(DeviceState::new(config))),
             };
-            sim.tasks
-                .push(tokio::spawn(serve(socket, device.clone(), cancel.clone())));
+            sim.tasks.push(tokio::spawn(serve(
+                socket,
+                reply_socket,
+                device.clone(),
+                cancel.clone(),
+            )));
             sim.devices.push(device);
         }
         Ok(sim)
@@ -270,14 +338,117 @@ impl Simulator {
     }
 }
 
+/// A segmented request being received.
+struct Incoming {
+    service: u8,
+    next: u8,
+    in_window: u8,
+    body: Vec<u8>,
+}
+
+/// What one datagram does to the segmented requests being received.
+enum Step {
+    /// Not a segment of a request: handle it as usual.
+    NotASegment,
+    /// Send this SegmentAck; with the whole request (a datagram) when it was the last segment.
+    Ack(Vec<u8>, Option<Vec<u8>>),
+    /// A segment out of order or unknown: nothing to do.
+    Ignore,
+}
+
+/// The window the simulator accepts for a segmented request.
+const REQUEST_WINDOW: u8 = 4;
+
+fn take_request_segment(
+    incoming: &mut HashMap<(SocketAddr, u8), Incoming>,
+    data: &[u8],
+    from: SocketAddr,
+) -> Step {
+    let Some(frame::Apdu::ConfirmedRequest {
+        invoke_id,
+        service,
+        segment: Some(seg),
+        body,
+        ..
+    }) = frame::decode_datagram(data).ok().and_then(|d| d.apdu)
+    else {
+        return Step::NotASegment;
+    };
+    let key = (from, invoke_id);
+    if seg.sequence == 0 {
+        incoming.insert(
+            key,
+            Incoming {
+                service,
+                next: 0,
+                in_window: 0,
+                body: Vec::new(),
+            },
+        );
+    }
+    let Some(inc) = incoming.get_mut(&key) else {
+        return Step::Ignore;
+    };
+    let window = seg.window.clamp(1, REQUEST_WINDOW);
+    if seg.sequence != inc.next || service != inc.service || inc.body.len() > 64 * 1476 {
+        return Step::Ack(
+            frame::server_segment_ack(invoke_id, inc.next.wrapping_sub(1), window),
+            None,
+        );
+    }
+    inc.body.extend_from_slice(body);
+    inc.next = inc.next.wrapping_add(1);
+    inc.in_window += 1;
+    let ack = frame::server_segment_ack(invoke_id, seg.sequence, window);
+    if !seg.more {
+        let Some(inc) = incoming.remove(&key) else {
+            return Step::Ignore;
+        };
+        let mut apdu = vec![0x02, 0x05, invoke_id, inc.service];
+        apdu.extend_from_slice(&inc.body);
+        return Step::Ack(ack, frame::encode_datagram(false, true, &apdu).ok());
+    }
+    if seg.sequence == 0 || inc.in_window >= window {
+        inc.in_window = 0;
+        return Step::Ack(ack, None);
+    }
+    Step::Ignore
+}
+
+/// A client's SegmentAck: (invoke id, the next segment to send, its window);
+/// a NAK asks again from the segment after the one it names, as an ack does.
+fn segment_ack(data: &[u8]) -> Option<(u8, usize, u8)> {
+    match frame::decode_datagram(data).ok()?.apdu? {
+        frame::Apdu::SegmentAck {
+            server: false,
+            invoke_id,
+            sequence,
+            window,
+            ..
+        } => Some((invoke_id, usize::from(sequence) + 1, window)),
+        _ => None,
+    }
+}
+
 impl Drop for Simulator {
     fn drop(&mut self) {
         self.cancel.cancel();
     }
 }
 
-async fn serve(socket: Arc<UdpSocket>, device: SimDevice, cancel: CancellationToken) {
+async fn serve(
+    socket: Arc<UdpSocket>,
+    reply_socket: Arc<UdpSocket>,
+    device: SimDevice,
+    cancel: CancellationToken,
+) {
     let mut buf = vec![0u8; 2048];
+    // Segmented replies in progress: (client, invoke id) -> the segments.
+    let mut outgoing: HashMap<(SocketAddr, u8), Vec<Vec<u8>>> = HashMap::new();
+    // Segmented requests being received: (client, invoke id) -> what came so far.
+    let mut incoming: HashMap<(SocketAddr, u8), Incoming> = HashMap::new();
+    let mut whole: Vec<u8>;
+    let mut lose = lock(&device.state).config.lose_segment_once;
     loop {
         let (n, from) = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -289,22 +460,68 @@ async fn serve(socket: Arc<UdpSocket>, device: SimDevice, cancel: CancellationTo
                 }
             },
         };
+        if let Some((invoke_id, next, window)) = segment_ack(buf.get(..n).unwrap_or(&[])) {
+            let key = (from, invoke_id);
+            let done = match outgoing.get(&key) {
+                Some(segments) => {
+                    let end = (next + usize::from(window.max(1))).min(segments.len());
+                    for s in segments.get(next..end).unwrap_or(&[]) {
+                        if lose.is_some() && s.get(2).copied() == lose {
+                            lose = None;
+                            continue;
+                        }
+                        if let Ok(dg) = frame::encode_datagram(false, false, s) {
+                            let _ = reply_socket.send_to(&dg, from).await;
+                        }
+                    }
+                    next >= segments.len()
+                }
+                None => false,
+            };
+            if done {
+                outgoing.remove(&key);
+            }
+            continue;
+        }
+        let mut data = buf.get(..n).unwrap_or(&[]);
+        if lock(&device.state).config.segmentation {
+            match take_request_segment(&mut incoming, data, from) {
+                Step::NotASegment => {}
+                Step::Ack(ack, complete) => {
+                    if let Ok(dg) = frame::encode_datagram(false, false, &ack) {
+                        let _ = reply_socket.send_to(&dg, from).await;
+                    }
+                    match complete {
+                        Some(request) => {
+                            whole = request;
+                            data = &whole;
+                        }
+                        None => continue,
+                    }
+                }
+                Step::Ignore => continue,
+            }
+        }
         let (reply, delay) = {
             let mut state = lock(&device.state);
             if state.config.dead {
                 state.reads = state.reads.saturating_add(1);
                 continue;
             }
-            (
-                state.handle(buf.get(..n).unwrap_or(&[])),
-                state.config.delay,
-            )
+            (state.handle_datagram(data), state.config.delay)
         };
-        let Some(reply) = reply else { continue };
+        let Some((reply, forwarded_from)) = reply else {
+            continue;
+        };
+        if let Some((invoke_id, segments)) = lock(&device.state).outgoing.take() {
+            outgoing.insert((from, invoke_id), segments);
+        }
+        // A BBMD-forwarded request is answered straight to its originator.
+        let from = forwarded_from.unwrap_or(from);
         if delay.is_zero() {
-            let _ = socket.send_to(&reply, from).await;
+            let _ = reply_socket.send_to(&reply, from).await;
         } else {
-            let socket = socket.clone();
+            let socket = reply_socket.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
                 tokio::select! {
