@@ -98,7 +98,7 @@ pub struct CollectReport {
     /// Wall time.
     pub duration_ms: u64,
     /// Readings held in memory while the local database is down, and
-    /// readings dropped because that buffer was full ([`crate::collect_buffer`]).
+    /// readings dropped because that buffer was full (at most 100,000 held).
     pub held: crate::collect_buffer::HeldStats,
 }
 

@@ -31,9 +31,12 @@ use crate::bacnet::{
     PointSpec,
 };
 
-/// The most points one meter may have: far above a real meter's
-/// (a few dozen), low enough that one meter's reads stay a few requests.
-pub const MAX_POINTS: usize = 256;
+/// The most points one meter may have: a large device (a multi-circuit
+/// panel meter, ~400 points) fits with room to spare; a runaway document
+/// (thousands of entries) is refused. Reads of a big meter stay one
+/// segmented exchange, or a few dozen requests for a device that does not
+/// segment.
+pub const MAX_POINTS: usize = 1000;
 
 /// The longest point name, in characters. Readings are keyed and indexed
 /// by `(meter_id, point, recorded_at)` locally and remotely; a bounded name

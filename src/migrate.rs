@@ -378,7 +378,7 @@ const NEEDED: &[Needed] = &[
             "site_id",
         ],
         key: &["meter_id", "point", "recorded_at"],
-        privileges: &["INSERT"],
+        privileges: &["SELECT", "INSERT"],
     },
 ];
 
@@ -387,7 +387,7 @@ const SITE_STATUS: Needed = Needed {
     table: "site_status",
     columns: &["site_id"],
     key: &["site_id"],
-    privileges: &["INSERT", "UPDATE"],
+    privileges: &["SELECT", "INSERT", "UPDATE"],
 };
 
 /// Verifies, without DDL, that the remote has the tables, key columns and

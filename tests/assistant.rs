@@ -416,8 +416,10 @@ async fn query_readings_matches_sql_on_uploaded_and_backlog_readings() -> anyhow
 }
 
 #[tokio::test]
+// The simulated device has 16 objects of its own (8 meter points and one
+// of each readable type) besides the 384 extra ones: 400.
 async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::Result<()> {
-    let (w, _pgb, sim, env) = site(1, 392).await?;
+    let (w, _pgb, sim, env) = site(1, 384).await?;
     let dev = sim.devices()[0].clone();
     let mcp = Mcp::start(&env, &["--read-only"], "assist-describe").await?;
     let mut objects = Vec::new();
@@ -455,7 +457,7 @@ async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::R
         "power_kw",
         "voltage_v",
         "energy_pulses_kwh",
-        "extra_391_kw",
+        "extra_383_kw",
     ] {
         assert!(names.contains(&want), "{want} in {names:?}");
     }
@@ -500,9 +502,10 @@ async fn describe_device_pages_400_objects_and_its_draft_collects() -> anyhow::R
             json!({"address": small_dev.addr().to_string(), "device_instance": 7777}),
         )
         .await?;
-    assert_eq!(page["object_count"], 9, "{page}");
-    assert_eq!(page["objects"].as_array().map(Vec::len), Some(9));
-    assert_eq!(page["points_draft"].as_array().map(Vec::len), Some(8));
+    // 16 point objects (one of each readable type among them) and the device.
+    assert_eq!(page["object_count"], 17, "{page}");
+    assert_eq!(page["objects"].as_array().map(Vec::len), Some(17));
+    assert_eq!(page["points_draft"].as_array().map(Vec::len), Some(16));
     assert_eq!(page["next_cursor"], Value::Null);
     let requests = small_dev.requests() - before;
     assert!(

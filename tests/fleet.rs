@@ -610,7 +610,7 @@ CREATE INDEX meter_readings_recorded_at_brin ON meter_readings USING brin (recor
 
 CREATE ROLE site_a LOGIN PASSWORD 'Tst-pw-9f3k2ZQx';
 GRANT SELECT ON tenants, meters TO site_a;
-GRANT INSERT ON meter_readings TO site_a;
+GRANT SELECT, INSERT ON meter_readings TO site_a;
 GRANT SELECT, INSERT, UPDATE ON site_status TO site_a;
 ";
 

@@ -41,9 +41,9 @@ async fn locked_down(dba_runs_the_script: bool) -> anyhow::Result<LockedDown> {
             .await?;
     } else {
         // The customer's own tables, made without metersync.
-        admin
-            .batch_execute(metersync::migrate::REMOTE[0].sql)
-            .await?;
+        for m in metersync::migrate::REMOTE {
+            admin.batch_execute(m.sql).await?;
+        }
         admin
             .batch_execute(&format!(
                 "CREATE ROLE {ROLE} LOGIN PASSWORD '{TEST_PASSWORD}'"
@@ -53,7 +53,8 @@ async fn locked_down(dba_runs_the_script: bool) -> anyhow::Result<LockedDown> {
     admin
         .batch_execute(&format!(
             "GRANT SELECT ON tenants, meters TO {ROLE};
-             GRANT INSERT ON meter_readings TO {ROLE};"
+             GRANT SELECT, INSERT ON meter_readings TO {ROLE};
+             GRANT SELECT, INSERT, UPDATE ON site_status TO {ROLE};"
         ))
         .await?;
     let mut env = base_env();
@@ -114,6 +115,7 @@ async fn a_least_privilege_remote_fails_migrate_remote_but_local_and_check_work(
         "table tenants exists",
         "SELECT on tenants",
         "SELECT on meters",
+        "SELECT on meter_readings",
         "INSERT on meter_readings",
         "meter_readings is keyed on (meter_id, point, recorded_at)",
     ] {

@@ -125,9 +125,10 @@ pub const READABLE_OBJECT_TYPES: &[(u16, &str)] = &[
     (48, "positive-integer-value"),
 ];
 
-/// The largest instance a configured device or point may have: 4194303
-/// ([`MAX_INSTANCE`]) is the "any instance" wildcard and names no object.
-pub const MAX_CONFIGURED_INSTANCE: u32 = MAX_INSTANCE - 1;
+/// The largest instance a configured device or point may have: the same
+/// number as [`MAX_INSTANCE`] (4194303 is the wildcard, [`WILDCARD_INSTANCE`]),
+/// under the name the meter definition uses.
+pub const MAX_CONFIGURED_INSTANCE: u32 = MAX_INSTANCE;
 
 /// A BACnet object identifier: type and instance, e.g. `analog-input:1`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
