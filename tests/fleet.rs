@@ -626,7 +626,8 @@ async fn upload_and_heartbeat_into_a_partitioned_central_table_with_a_least_priv
     local
         .batch_execute(
             "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT m, 'energy_kwh', d + h * interval '1 hour', m * 1000 + h, 'kWh'
+             SELECT m, 'energy_kwh', d + h * interval '1 hour',
+                    m * 1000 + extract(epoch FROM d + h * interval '1 hour') / 3600, 'kWh'
              FROM generate_series(1, 10) m,
                   unnest(array[timestamptz '2026-01-30 00:00+00', '2026-02-10 00:00+00',
                                '2026-07-01 00:00+00']) d,
@@ -661,12 +662,15 @@ async fn upload_and_heartbeat_into_a_partitioned_central_table_with_a_least_priv
         0
     );
 
-    // A re-send (rows the remote already holds, in every partition, among
-    // new ones) is absorbed by the primary key across partitions.
+    // A re-send (rows the remote already holds, same values, in every
+    // partition, among new ones) is absorbed by the primary key across
+    // partitions. (Each value is a function of its key, so a re-sent row is
+    // the same row, not a conflict.)
     local
         .batch_execute(
             "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT m, 'energy_kwh', d + h * interval '1 hour', m * 1000 + h, 'kWh'
+             SELECT m, 'energy_kwh', d + h * interval '1 hour',
+                    m * 1000 + extract(epoch FROM d + h * interval '1 hour') / 3600, 'kWh'
              FROM generate_series(1, 10) m,
                   unnest(array[timestamptz '2026-01-31 00:00+00', '2026-02-11 00:00+00',
                                '2026-07-02 00:00+00']) d,
