@@ -172,7 +172,7 @@ fn sqlstate(side: Side, phase: Phase, db: &tokio_postgres::error::DbError) -> Fa
         "3D000" => op(format!("the database does not exist: check {p}_DB")),
         "42501" => op(match side {
             Side::Remote => format!(
-                "{p}_USER lacks a privilege: grant it SELECT on tenants and meters and INSERT on meter_readings (`metersync check` lists what is missing); creating tables needs a DBA: `metersync migrate --remote --print`"
+                "{p}_USER lacks a privilege: grant it SELECT on tenants and meters, SELECT and INSERT on meter_readings, SELECT, INSERT and UPDATE on site_status (`metersync check` lists what is missing); creating tables needs a DBA: `metersync migrate --remote --print`"
             ),
             Side::Local => format!("{p}_USER lacks a privilege on the local database: make it the owner of metersync's tables"),
         }),
