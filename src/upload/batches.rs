@@ -99,7 +99,31 @@ pub(super) async fn run_batches<D: Destination + Send>(
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    dest.open().await?;
+    // Behind a transaction pooler the first statement is what logs a server
+    // connection in, so right after a remote restart the pooler refuses it
+    // for a while (PgBouncer's `server_login_retry`, 08P01): a transient
+    // failure to open is retried with the same backoff as a batch.
+    let mut opens = 0u32;
+    loop {
+        match dest.open().await {
+            Ok(()) => break,
+            Err(UploadError::Start { source, hint })
+                if source.is_transient() && opens < max_resends && !cancel.is_cancelled() =>
+            {
+                let delay = crate::retry::backoff_delay(opens);
+                opens += 1;
+                tracing::warn!(
+                    attempt = opens,
+                    next_delay_ms = delay.as_millis() as u64,
+                    "the remote refused the upload's first statement, trying again after the backoff: {source}{hint}"
+                );
+                if backoff(delay, cancel).await {
+                    return Err(UploadError::Start { source, hint });
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
     // How many rows the next claim may take.
     let want = |claimed: u64| match max_rows {
         _ if cancel.is_cancelled() => 0,
