@@ -282,7 +282,12 @@ async fn main() -> Result<()> {
         bail!("{failed} uploads failed, remote holds {remote_rows} of {total}");
     }
 
-    println!("bench_fleet: {n} sites x {rows} rows ({total} rows), one remote behind PgBouncer 1.18 (transaction mode, {pool} server connections), debug build");
+    let build = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    };
+    println!("bench_fleet: {n} sites x {rows} rows ({total} rows), one remote behind PgBouncer 1.18 (transaction mode, {pool} server connections), {build}");
     println!(
         "  raw COPY, {n} streams:  {:>9.0} rows/s  ({raw_s:.2} s)  peak remote server connections {raw_server}, pooler clients {raw_clients}",
         total as f64 / raw_s
