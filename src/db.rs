@@ -592,7 +592,9 @@ impl Databases {
     /// `DB_CONNECTION_TIMEOUT_MS` rather than after the retry policy.
     pub async fn get_once(&self, side: Side) -> Result<Object, DbError> {
         let h = self.handle(side)?;
-        let obj = h.checkout(0, self.pool_cfg.idle_timeout, &self.shutdown).await?;
+        let obj = h
+            .checkout(0, self.pool_cfg.idle_timeout, &self.shutdown)
+            .await?;
         h.set_last_error(None);
         Ok(obj)
     }

@@ -24,7 +24,6 @@
 //! Guarantees: parsing never panics; every error says which field is wrong
 //! and what is accepted, quoting at most 40 characters of a bad name.
 
-
 use crate::bacnet::{
     self,
     types::{MAX_CONFIGURED_INSTANCE, READABLE_OBJECT_TYPES},
@@ -200,7 +199,10 @@ mod tests {
     fn a_good_meter_parses() {
         let m = MeterDefinition::parse_text(5001, "10.0.0.5", GOOD).unwrap();
         assert_eq!(m.instance, 5001);
-        assert_eq!(m.address.ip, "10.0.0.5:47808".parse::<std::net::SocketAddr>().unwrap());
+        assert_eq!(
+            m.address.ip,
+            "10.0.0.5:47808".parse::<std::net::SocketAddr>().unwrap()
+        );
         assert_eq!(m.points.len(), 1);
         assert_eq!(m.device().instance, 5001);
     }
@@ -251,7 +253,8 @@ mod tests {
             MeterDefinition::parse_text(1, "10.0.0.1", GOOD)
                 .unwrap()
                 .address
-                .ip.port(),
+                .ip
+                .port(),
             bacnet::DEFAULT_PORT
         );
     }

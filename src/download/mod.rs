@@ -466,17 +466,13 @@ async fn read_all(rows: tokio_postgres::RowStream) -> Result<Vec<Fetched>, tokio
     Ok(out)
 }
 
-/// What to check when the remote read fails for a reason the server named.
+/// What to check when the remote read fails for a reason the server named
+/// and [`crate::fault`] gives no hint for (an operator error carries its own
+/// hint in [`DbError::Rejected`]; this adds none next to it).
 fn remote_hint(e: &tokio_postgres::Error) -> &'static str {
     match e.code().map(|c| c.code()) {
-        Some("42P01") | Some("42703") => {
-            "; the remote table lacks the contract's columns: run `metersync migrate` or compare it with the README's table definitions"
-        }
         Some("57014") => {
             "; the remote read took longer than its deadline (statement_timeout): check the remote's load and locks on the table"
-        }
-        Some("42501") => {
-            "; grant SELECT on the table to POSTGRES_CLIENT_USER"
         }
         Some("22P02") | Some("22003") | Some("42846") => {
             "; a column's values do not fit the contract's type (e.g. device_instance out of int4 range)"

@@ -273,13 +273,11 @@ pub enum UploadError {
         reason: String,
     },
     /// Nothing was uploaded: a database could not be used.
-    #[error("{source}; nothing was uploaded, the backlog is untouched{hint}")]
+    #[error("{source}; nothing was uploaded, the backlog is untouched")]
     Start {
-        /// The cause.
+        /// The cause (with what to do next, when a person must act).
         #[source]
         source: DbError,
-        /// What to do next.
-        hint: &'static str,
     },
     /// The remote `meter_readings` cannot guarantee exactly-once.
     #[error("the remote table meter_readings {problem}; nothing was uploaded. Run `metersync migrate`, or give the table the contract's primary key (meter_id, point, recorded_at)")]
@@ -288,17 +286,15 @@ pub enum UploadError {
         problem: &'static str,
     },
     /// The upload stopped in the middle.
-    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: {source}; the rows of that batch are still local, nothing is lost or doubled; run the upload again (it is safe){hint}")]
+    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: {source}; the rows of that batch are still local, nothing is lost or doubled; run the upload again (it is safe)")]
     Interrupted {
         /// The batch that failed (1-based).
         batch: u64,
         /// Rows uploaded (or found present) and deleted before it.
         done: u64,
-        /// The cause.
+        /// The cause (with what to do next, when a person must act).
         #[source]
         source: DbError,
-        /// What to do next.
-        hint: &'static str,
     },
     /// The remote refused the batch for a reason the operator must fix on
     /// the remote (no partition for the rows, a missing column, permission).
@@ -335,16 +331,6 @@ impl UploadError {
     }
 }
 
-/// A hint for a missing table: the migrations were not applied.
-fn hint(e: &DbError) -> &'static str {
-    match e {
-        DbError::Query { cause, .. } if cause.contains("SQLSTATE 42P01") => {
-            "; a table is missing: run `metersync migrate`"
-        }
-        _ => "",
-    }
-}
-
 /// Uploads the local backlog (or `max_rows` of it) to the remote.
 ///
 /// Records the run in `sync_runs`, reports progress after every batch and
@@ -360,10 +346,7 @@ pub async fn upload(
     cancel: &CancellationToken,
 ) -> Result<UploadReport, UploadError> {
     let batch_size = opts.batch_size(app.config.upload_batch_size)?;
-    let start = |source: DbError| UploadError::Start {
-        hint: hint(&source),
-        source,
-    };
+    let start = |source: DbError| UploadError::Start { source };
     let run = runs::start(&app.db, "upload").await.map_err(start)?;
     let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
     let result = batches::run_batches(
