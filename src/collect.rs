@@ -44,7 +44,9 @@ pub const LIST_CAP: usize = 50;
 /// What to collect.
 #[derive(Debug, Clone, Default)]
 pub struct CollectOptions {
-    /// Only these meters (they must exist and be active); all active meters when `None`.
+    /// Only these meters (they must exist and be active); all active meters
+    /// when `None`. An empty list is an error ([`CollectError::NoMeterIds`]),
+    /// for every front end: it is a selection of nothing, not of everything.
     pub meter_ids: Option<Vec<i64>>,
     /// Read the meters but store nothing.
     pub dry_run: bool,
@@ -105,6 +107,9 @@ pub struct CollectReport {
 /// Why a collection could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
+    /// `meter_ids` was given but empty.
+    #[error("meter_ids must not be empty: omit it to collect every active meter")]
+    NoMeterIds,
     /// Asked for meters that do not exist or are inactive.
     #[error("no active meter with id {0}; list_meters shows the configured meters (download_meters refreshes them)")]
     UnknownMeters(String),
@@ -234,6 +239,9 @@ pub async fn collect(
     cancel: &CancellationToken,
 ) -> Result<CollectReport, CollectError> {
     let started = Instant::now();
+    if opts.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+        return Err(CollectError::NoMeterIds);
+    }
     // The collector never waits for the local database (one attempt per
     // step): while it is down, the last meter list is read and the readings
     // are held in memory (crate::collect_buffer).

@@ -77,7 +77,10 @@ pub use bbmd::BbmdStatus;
 pub use client::{ClientStats, RouterInfo, UdpClient};
 pub use meta::MeterCache;
 pub use points::{parse_points, PointSpec, PointsError};
-pub use read::{discover_devices, read_meter, DiscoveredDevice, PointReading};
+pub use read::{
+    discover, discover_devices, read_meter, DiscoverError, DiscoveredDevice, Discovery,
+    PointReading, DISCOVER_CAP,
+};
 pub use tags::CodecError;
 pub use types::{
     readable_object_types, ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef,

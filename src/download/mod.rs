@@ -219,6 +219,48 @@ impl DownloadError {
     }
 }
 
+/// Both tables' outcomes of [`download_all`].
+#[derive(Debug)]
+pub struct Downloads {
+    /// The tenants' download.
+    pub tenants: Result<DownloadReport, DownloadError>,
+    /// The meters' download; `None` when it was not run (the tenants
+    /// failed, or `cancel` fired after them).
+    pub meters: Option<Result<DownloadReport, DownloadError>>,
+}
+
+impl Downloads {
+    /// Both reports, or the first error (a meters download that did not run
+    /// after a cancel is left out).
+    // The same error as `download`'s (whose async fn clippy does not lint).
+    #[allow(clippy::result_large_err)]
+    pub fn into_result(self) -> Result<Vec<DownloadReport>, DownloadError> {
+        let mut out = vec![self.tenants?];
+        if let Some(m) = self.meters {
+            out.push(m?);
+        }
+        Ok(out)
+    }
+}
+
+/// Downloads tenants, then meters: the one order every front end (cycle,
+/// daemon, demo) uses, since a meter names its tenant. The meters are not
+/// downloaded when the tenants failed or `cancel` fired in between.
+pub async fn download_all(
+    app: &App,
+    dry_run: bool,
+    progress: &dyn Progress,
+    cancel: &tokio_util::sync::CancellationToken,
+) -> Downloads {
+    let tenants = download(app, Table::Tenants, dry_run, progress).await;
+    let meters = if tenants.is_err() || cancel.is_cancelled() {
+        None
+    } else {
+        Some(download(app, Table::Meters, dry_run, progress).await)
+    };
+    Downloads { tenants, meters }
+}
+
 /// Downloads `table` from the remote into the local copy (see the module
 /// docs for the guarantees). With `dry_run`, computes and reports the same
 /// changes but writes none. Records the run in `sync_runs`.
