@@ -125,7 +125,7 @@ pub enum CollectError {
 /// meter definition ([`MeterDefinition`]) when it is read, so a bad row
 /// fails its own meter only.
 #[derive(Debug, Clone)]
-pub struct MeterRow {
+pub(crate) struct MeterRow {
     /// Id.
     pub id: i64,
     /// BACnet device instance.
@@ -138,7 +138,7 @@ pub struct MeterRow {
 }
 
 /// One meter's outcome.
-pub struct MeterOutcome {
+pub(crate) struct MeterOutcome {
     /// The meter.
     pub meter_id: i64,
     /// The shared timestamp of its readings.
@@ -156,7 +156,10 @@ pub struct MeterOutcome {
 /// instead of trailing them.
 ///
 /// Fails when an id in `ids` is not an active meter, or on a database error.
-pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>, CollectError> {
+pub(crate) async fn load_meters(
+    app: &App,
+    ids: Option<&[i64]>,
+) -> Result<Vec<MeterRow>, CollectError> {
     let c = app.db.local().await?;
     let rows = c
         .query(
@@ -195,7 +198,7 @@ pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>
 
 /// Reads one meter: validates its configuration, then all its points.
 /// Never fails: every problem lands in the outcome.
-pub async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
+pub(crate) async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
     let recorded_at = Utc::now().trunc_subsecs(6);
     let mut out = MeterOutcome {
         meter_id: m.id,

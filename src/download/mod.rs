@@ -50,7 +50,7 @@
 
 mod diff;
 mod table;
-pub mod validate;
+pub(crate) mod validate;
 
 use std::time::Instant;
 
