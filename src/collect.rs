@@ -36,7 +36,7 @@ use crate::config::Side;
 use crate::db::{self, DbError, Patience};
 use crate::meter_def::MeterDefinition;
 use crate::progress::Progress;
-use crate::runs::{self, RunStatus};
+use crate::runs;
 
 /// How many failures (and point errors) a report lists before it only counts.
 pub const LIST_CAP: usize = 50;
@@ -102,6 +102,12 @@ pub struct CollectReport {
     /// Readings held in memory while the local database is down, and
     /// readings dropped because that buffer was full ([`crate::collect_buffer`]).
     pub held: crate::collect_buffer::HeldStats,
+}
+
+impl runs::RunReport for CollectReport {
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
 }
 
 /// Why a collection could not run.
@@ -254,7 +260,10 @@ pub async fn collect(
             if ids.is_none() {
                 app.collect_buffer.remember_meters(&meters);
             }
-            (meters, quick(runs::start(&app.db, "collect")).await.ok())
+            (
+                meters,
+                quick(runs::Run::start(&app.db, "collect")).await.ok(),
+            )
         }
         Err(CollectError::Db(e)) if e.is_transient() => match app.collect_buffer.meters(ids) {
             Some(meters) => {
@@ -350,39 +359,20 @@ pub async fn collect(
     });
     report.held = app.collect_buffer.stats();
     report.duration_ms = started.elapsed().as_millis() as u64;
-    let Some(run) = run else {
-        return write.map(|()| report).map_err(Into::into);
-    };
-    match write {
-        Ok(()) => {
-            let counts = serde_json::to_value(&report).unwrap_or_default();
-            let status = if cancelled {
-                RunStatus::Cancelled
-            } else {
-                RunStatus::Ok
-            };
-            quick(runs::finish(&app.db, run, status, &counts, None)).await;
-            tracing::info!(
-                meters_read = report.meters_read,
-                meters_failed = report.meters_failed,
-                readings_written = report.readings_written,
-                duration_ms = report.duration_ms,
-                "collection finished"
-            );
-            Ok(report)
-        }
-        Err(e) => {
-            quick(runs::finish(
-                &app.db,
-                run,
-                RunStatus::Failed,
-                &serde_json::json!({}),
-                Some(&e.to_string()),
-            ))
-            .await;
-            Err(e.into())
-        }
+    let result = write.map(|()| report).map_err(CollectError::from);
+    if let Some(run) = run {
+        quick(run.finish(&app.db, &result)).await;
     }
+    if let Ok(report) = &result {
+        tracing::info!(
+            meters_read = report.meters_read,
+            meters_failed = report.meters_failed,
+            readings_written = report.readings_written,
+            duration_ms = report.duration_ms,
+            "collection finished"
+        );
+    }
+    result
 }
 
 /// A live read of one meter, stored nowhere.

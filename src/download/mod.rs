@@ -63,7 +63,7 @@ use crate::app::App;
 use crate::config::Side;
 use crate::db::DbError;
 use crate::progress::Progress;
-use crate::runs::{self, RunStatus};
+use crate::runs;
 
 use table::Fetched;
 pub use table::Table;
@@ -144,7 +144,7 @@ pub struct DownloadReport {
     pub duration_ms: u64,
 }
 
-impl DownloadReport {
+impl runs::RunReport for DownloadReport {
     /// The counts recorded in `sync_runs`.
     fn counts(&self) -> serde_json::Value {
         serde_json::json!({
@@ -280,11 +280,11 @@ pub async fn download(
         table: table.name(),
         source,
     };
-    let run = runs::start(&app.db, kind).await.map_err(local_err)?;
+    let run = runs::Run::start(&app.db, kind).await.map_err(local_err)?;
     let result = run_download(app, table, dry_run, progress).await;
+    run.finish(&app.db, &result).await;
     match &result {
         Ok(report) => {
-            runs::finish(&app.db, run, RunStatus::Ok, &report.counts(), None).await;
             tracing::info!(
                 table = table.name(),
                 dry_run,
@@ -298,13 +298,7 @@ pub async fn download(
             );
         }
         Err(e) => {
-            let counts = serde_json::json!({
-                "site_id": app.config.site_id,
-                "dry_run": dry_run,
-            });
-            let msg = e.to_string();
-            runs::finish(&app.db, run, RunStatus::Failed, &counts, Some(&msg)).await;
-            tracing::error!(table = table.name(), dry_run, "download failed: {msg}");
+            tracing::error!(table = table.name(), dry_run, "download failed: {e}");
         }
     }
     result

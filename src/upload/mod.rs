@@ -93,7 +93,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::db::DbError;
 use crate::progress::Progress;
-use crate::runs::{self, RunStatus};
+use crate::runs;
 
 /// The largest batch accepted: one batch is held in memory and in one
 /// remote transaction, so this bounds both.
@@ -260,6 +260,12 @@ pub struct UploadReport {
     pub duration_ms: u64,
 }
 
+impl runs::RunReport for UploadReport {
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+}
+
 /// Why an upload failed. Every batch committed before the failure stays
 /// uploaded and deleted; the batch in flight stays local.
 #[derive(Debug, thiserror::Error)]
@@ -347,7 +353,7 @@ pub async fn upload(
 ) -> Result<UploadReport, UploadError> {
     let batch_size = opts.batch_size(app.config.upload_batch_size)?;
     let start = |source: DbError| UploadError::Start { source };
-    let run = runs::start(&app.db, "upload").await.map_err(start)?;
+    let run = runs::Run::start(&app.db, "upload").await.map_err(start)?;
     let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
     let result = batches::run_batches(
         &app.db,
@@ -360,17 +366,7 @@ pub async fn upload(
         Instant::now(),
     )
     .await;
-    let (status, counts, error) = match &result {
-        Ok(r) if r.cancelled => (RunStatus::Cancelled, serde_json::to_value(r), None),
-        Ok(r) => (RunStatus::Ok, serde_json::to_value(r), None),
-        Err(e) => (
-            RunStatus::Failed,
-            Ok(serde_json::Value::Null),
-            Some(e.to_string()),
-        ),
-    };
-    let counts = counts.unwrap_or(serde_json::Value::Null);
-    runs::finish(&app.db, run, status, &counts, error.as_deref()).await;
+    run.finish(&app.db, &result).await;
     match &result {
         Ok(r) => tracing::info!(
             uploaded = r.uploaded,
