@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::bacnet::{self, BacnetClient};
+use crate::capped;
 use crate::config::Side;
 use crate::db::{self, DbError, Patience};
 use crate::meter_def::MeterDefinition;
@@ -315,27 +316,29 @@ pub async fn collect(
             None => report.meters_read += 1,
             Some(e) => {
                 report.meters_failed += 1;
-                if report.failures.len() < LIST_CAP {
-                    report.failures.push(MeterFailure {
+                capped::push(
+                    &mut report.failures,
+                    &mut report.failures_omitted,
+                    LIST_CAP,
+                    || MeterFailure {
                         meter_id: o.meter_id,
                         error: e.clone(),
-                    });
-                } else {
-                    report.failures_omitted += 1;
-                }
+                    },
+                );
             }
         }
         report.readings_read += o.readings.len() as u64;
         for (point, error) in &o.problems {
-            if report.point_errors.len() < LIST_CAP {
-                report.point_errors.push(PointProblem {
+            capped::push(
+                &mut report.point_errors,
+                &mut report.point_errors_omitted,
+                LIST_CAP,
+                || PointProblem {
                     meter_id: o.meter_id,
                     point: point.clone(),
                     error: error.clone(),
-                });
-            } else {
-                report.point_errors_omitted += 1;
-            }
+                },
+            );
         }
     }
     report.failures.sort_by_key(|f| f.meter_id);
@@ -349,11 +352,12 @@ pub async fn collect(
         for (meter_id, error) in refused {
             report.meters_read = report.meters_read.saturating_sub(1);
             report.meters_failed += 1;
-            if report.failures.len() < LIST_CAP {
-                report.failures.push(MeterFailure { meter_id, error });
-            } else {
-                report.failures_omitted += 1;
-            }
+            capped::push(
+                &mut report.failures,
+                &mut report.failures_omitted,
+                LIST_CAP,
+                || MeterFailure { meter_id, error },
+            );
         }
         report.failures.sort_by_key(|f| f.meter_id);
     });

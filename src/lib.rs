@@ -55,11 +55,13 @@
 //! - [`metrics`]: the Prometheus registry and its sampler.
 //! - [`health`]: `/health` and `/metrics` over HTTP, the systemd watchdog,
 //!   and the site health `metersync status` reports.
+//! - `capped`: the capped list + omitted count every report uses.
 //! - [`prune`]: bounded growth: the journal pruned by age, idle connections closed.
 
 pub mod app;
 pub mod availability;
 pub mod bacnet;
+mod capped;
 pub mod collect;
 pub mod collect_buffer;
 pub mod config;

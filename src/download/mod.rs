@@ -60,6 +60,7 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
 
 use crate::app::App;
+use crate::capped;
 use crate::config::Side;
 use crate::db::DbError;
 use crate::progress::Progress;
@@ -426,15 +427,16 @@ async fn run_download(
     }
     progress.update(3, Some(3), "done");
 
-    let changes_total = plan.changes.len();
-    let mut changes = plan.changes;
-    changes.truncate(LIST_CAP);
+    let (mut changes, mut changes_omitted) = (Vec::new(), 0);
+    capped::extend(&mut changes, &mut changes_omitted, LIST_CAP, plan.changes);
     let skipped_total = bad.len();
-    let errors = bad
-        .into_iter()
-        .take(LIST_CAP)
-        .map(|(id, error)| RowError { id, error })
-        .collect();
+    let (mut errors, mut errors_omitted) = (Vec::new(), 0);
+    capped::extend(
+        &mut errors,
+        &mut errors_omitted,
+        LIST_CAP,
+        bad.into_iter().map(|(id, error)| RowError { id, error }),
+    );
     Ok(DownloadReport {
         table: name.to_string(),
         site_id: site,
@@ -446,9 +448,9 @@ async fn run_download(
         deactivated: plan.deactivated,
         skipped: skipped_total as u64,
         changes,
-        changes_omitted: (changes_total.saturating_sub(LIST_CAP)) as u64,
+        changes_omitted,
         errors,
-        errors_omitted: (skipped_total.saturating_sub(LIST_CAP)) as u64,
+        errors_omitted,
         remote_round_trips: 1,
         duration_ms: started.elapsed().as_millis() as u64,
     })
