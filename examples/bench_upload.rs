@@ -11,16 +11,15 @@
 //!   1,000,000-row backlog (this program re-runs itself as that process).
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Result};
 use futures::SinkExt;
 use metersync::app::App;
 use metersync::config::Config;
-use metersync::demo::cluster::{as_pg_user, chown_pg, free_port, Cluster};
+use metersync::demo::cluster::{Cluster, Pooler};
 use metersync::progress::NoProgress;
 use metersync::upload::{upload, UploadOptions, UploadReport};
 use tokio_util::sync::CancellationToken;
@@ -44,51 +43,6 @@ impl BenchCluster {
 
     async fn client(&self) -> Result<tokio_postgres::Client> {
         Ok(self.0.connect(PASSWORD).await?)
-    }
-}
-
-fn run_ok(cmd: std::process::Command, what: &str) -> Result<()> {
-    Ok(metersync::demo::cluster::run_ok(cmd, what)?)
-}
-
-/// PgBouncer, transaction mode, in front of `target`.
-struct Bouncer {
-    root: tempfile::TempDir,
-    port: u16,
-}
-
-impl Bouncer {
-    fn start(target: u16) -> Result<Self> {
-        let root = tempfile::Builder::new().prefix("bench-pgb-").tempdir()?;
-        let port = free_port();
-        let d = root.path().display();
-        std::fs::write(
-            root.path().join("pgbouncer.ini"),
-            format!("[databases]\n* = host=127.0.0.1 port={target}\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {d}/users\npool_mode = transaction\ndefault_pool_size = 5\nlogfile = {d}/log\npidfile = {d}/pid\nserver_reset_query =\nignore_startup_parameters = extra_float_digits,application_name\n"),
-        )?;
-        std::fs::write(
-            root.path().join("users"),
-            format!("\"postgres\" \"{PASSWORD}\"\n"),
-        )?;
-        chown_pg(root.path())?;
-        let mut c = as_pg_user(Path::new("/usr/sbin/pgbouncer"));
-        c.arg("-d").arg(root.path().join("pgbouncer.ini"));
-        run_ok(c, "pgbouncer")?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(Bouncer { root, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("pgbouncer did not start")
-    }
-}
-
-impl Drop for Bouncer {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.root.path().join("pid")) {
-            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-        }
     }
 }
 
@@ -373,7 +327,7 @@ async fn main() -> Result<()> {
     };
     println!("bench_upload: {rows} rows, batch {batch}, {profile} build");
     let (local, remote) = (BenchCluster::start()?, BenchCluster::start()?);
-    let bouncer = Bouncer::start(remote.port())?;
+    let bouncer = Pooler::start(remote.port(), PASSWORD, 5, 100)?;
     let env = env_for(local.port(), remote.port());
     let app = App::new(Config::from_vars(&env)?)?;
     metersync::migrate::migrate(&app.db).await?;

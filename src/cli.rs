@@ -83,12 +83,12 @@ enum Command {
     },
     /// Send Who-Is and list the BACnet devices that answer, as JSON.
     Discover {
-        /// Unicast device or broadcast address, host:port.
-        #[arg(long, default_value = "255.255.255.255:47808")]
-        address: String,
-        /// How long to wait for answers, in ms.
-        #[arg(long, default_value_t = 3000)]
-        timeout_ms: u64,
+        /// Unicast device or broadcast address, host:port (default 255.255.255.255:47808).
+        #[arg(long)]
+        address: Option<String>,
+        /// How long to wait for answers, 100 to 60000 ms (default 3000).
+        #[arg(long)]
+        timeout_ms: Option<u64>,
     },
     /// Download tenants and meters, collect, upload: one cycle; prints each step's result as JSON.
     Cycle,
@@ -325,21 +325,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_ms,
         } => {
             let app = load()?;
-            let target = metersync::bacnet::parse_address(&address)
-                .map_err(|e| anyhow::anyhow!("--address: {e}"))?;
             let client = app.bacnet().await?;
             let shutdown = app.shutdown();
-            let devices = tokio::select! {
+            let found = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => anyhow::bail!("discovery interrupted by a signal"),
-                r = metersync::bacnet::discover_devices(
-                    client.as_ref(),
-                    target,
-                    None,
-                    std::time::Duration::from_millis(timeout_ms),
-                ) => r?,
+                r = metersync::bacnet::discover(client.as_ref(), address.as_deref(), timeout_ms) => r?,
             };
-            print_json(&devices)?;
+            print_json(&found)?;
         }
         Command::Cycle => {
             let app = start(Work::Cycle).await?;
@@ -445,23 +438,11 @@ async fn demo(serve: bool, read_only: bool) -> anyhow::Result<()> {
     eprintln!("metersync demo: starting two throwaway PostgreSQL clusters and simulated meters on 127.0.0.1...");
     let world = metersync::demo::DemoWorld::start().await?;
     if serve {
+        let readings = world.prime().await?;
         let app = world.app.clone();
-        let cancel = tokio_util::sync::CancellationToken::new();
-        for table in [Table::Tenants, Table::Meters] {
-            metersync::download::download(&app, table, false, &LogProgress("download")).await?;
-        }
-        let client = app.bacnet().await?;
-        let c = metersync::collect::collect(
-            &app,
-            client.as_ref(),
-            metersync::collect::CollectOptions::default(),
-            &LogProgress("collect"),
-            &cancel,
-        )
-        .await?;
         eprintln!(
             "metersync demo: {} tenants and {} meters downloaded, {} readings collected and waiting for upload; serving MCP on stdio",
-            world.tenants, world.meters, c.readings_written
+            world.tenants, world.meters, readings
         );
         let result = metersync::mcp::serve_stdio(app, read_only).await;
         world.shutdown().await;

@@ -32,11 +32,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::bacnet::{self, BacnetClient};
+use crate::capped;
 use crate::config::Side;
 use crate::db::{self, DbError, Patience};
 use crate::meter_def::MeterDefinition;
 use crate::progress::Progress;
-use crate::runs::{self, RunStatus};
+use crate::runs;
 
 /// How many failures (and point errors) a report lists before it only counts.
 pub const LIST_CAP: usize = 50;
@@ -44,7 +45,9 @@ pub const LIST_CAP: usize = 50;
 /// What to collect.
 #[derive(Debug, Clone, Default)]
 pub struct CollectOptions {
-    /// Only these meters (they must exist and be active); all active meters when `None`.
+    /// Only these meters (they must exist and be active); all active meters
+    /// when `None`. An empty list is an error ([`CollectError::NoMeterIds`]),
+    /// for every front end: it is a selection of nothing, not of everything.
     pub meter_ids: Option<Vec<i64>>,
     /// Read the meters but store nothing.
     pub dry_run: bool,
@@ -102,9 +105,18 @@ pub struct CollectReport {
     pub held: crate::collect_buffer::HeldStats,
 }
 
+impl runs::RunReport for CollectReport {
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+}
+
 /// Why a collection could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
+    /// `meter_ids` was given but empty.
+    #[error("meter_ids must not be empty: omit it to collect every active meter")]
+    NoMeterIds,
     /// Asked for meters that do not exist or are inactive.
     #[error("no active meter with id {0}; list_meters shows the configured meters (download_meters refreshes them)")]
     UnknownMeters(String),
@@ -120,7 +132,7 @@ pub enum CollectError {
 /// meter definition ([`MeterDefinition`]) when it is read, so a bad row
 /// fails its own meter only.
 #[derive(Debug, Clone)]
-pub struct MeterRow {
+pub(crate) struct MeterRow {
     /// Id.
     pub id: i64,
     /// BACnet device instance.
@@ -133,7 +145,7 @@ pub struct MeterRow {
 }
 
 /// One meter's outcome.
-pub struct MeterOutcome {
+pub(crate) struct MeterOutcome {
     /// The meter.
     pub meter_id: i64,
     /// The shared timestamp of its readings.
@@ -151,7 +163,10 @@ pub struct MeterOutcome {
 /// instead of trailing them.
 ///
 /// Fails when an id in `ids` is not an active meter, or on a database error.
-pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>, CollectError> {
+pub(crate) async fn load_meters(
+    app: &App,
+    ids: Option<&[i64]>,
+) -> Result<Vec<MeterRow>, CollectError> {
     let c = app.db.local().await?;
     let rows = c
         .query(
@@ -190,7 +205,7 @@ pub async fn load_meters(app: &App, ids: Option<&[i64]>) -> Result<Vec<MeterRow>
 
 /// Reads one meter: validates its configuration, then all its points.
 /// Never fails: every problem lands in the outcome.
-pub async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
+pub(crate) async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOutcome {
     let recorded_at = Utc::now().trunc_subsecs(6);
     let mut out = MeterOutcome {
         meter_id: m.id,
@@ -234,6 +249,9 @@ pub async fn collect(
     cancel: &CancellationToken,
 ) -> Result<CollectReport, CollectError> {
     let started = Instant::now();
+    if opts.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
+        return Err(CollectError::NoMeterIds);
+    }
     // The collector never waits for the local database (one attempt per
     // step): while it is down, the last meter list is read and the readings
     // are held in memory (crate::collect_buffer).
@@ -243,7 +261,10 @@ pub async fn collect(
             if ids.is_none() {
                 app.collect_buffer.remember_meters(&meters);
             }
-            (meters, quick(runs::start(&app.db, "collect")).await.ok())
+            (
+                meters,
+                quick(runs::Run::start(&app.db, "collect")).await.ok(),
+            )
         }
         Err(CollectError::Db(e)) if e.is_transient() => match app.collect_buffer.meters(ids) {
             Some(meters) => {
@@ -295,27 +316,29 @@ pub async fn collect(
             None => report.meters_read += 1,
             Some(e) => {
                 report.meters_failed += 1;
-                if report.failures.len() < LIST_CAP {
-                    report.failures.push(MeterFailure {
+                capped::push(
+                    &mut report.failures,
+                    &mut report.failures_omitted,
+                    LIST_CAP,
+                    || MeterFailure {
                         meter_id: o.meter_id,
                         error: e.clone(),
-                    });
-                } else {
-                    report.failures_omitted += 1;
-                }
+                    },
+                );
             }
         }
         report.readings_read += o.readings.len() as u64;
         for (point, error) in &o.problems {
-            if report.point_errors.len() < LIST_CAP {
-                report.point_errors.push(PointProblem {
+            capped::push(
+                &mut report.point_errors,
+                &mut report.point_errors_omitted,
+                LIST_CAP,
+                || PointProblem {
                     meter_id: o.meter_id,
                     point: point.clone(),
                     error: error.clone(),
-                });
-            } else {
-                report.point_errors_omitted += 1;
-            }
+                },
+            );
         }
     }
     report.failures.sort_by_key(|f| f.meter_id);
@@ -329,49 +352,31 @@ pub async fn collect(
         for (meter_id, error) in refused {
             report.meters_read = report.meters_read.saturating_sub(1);
             report.meters_failed += 1;
-            if report.failures.len() < LIST_CAP {
-                report.failures.push(MeterFailure { meter_id, error });
-            } else {
-                report.failures_omitted += 1;
-            }
+            capped::push(
+                &mut report.failures,
+                &mut report.failures_omitted,
+                LIST_CAP,
+                || MeterFailure { meter_id, error },
+            );
         }
         report.failures.sort_by_key(|f| f.meter_id);
     });
     report.held = app.collect_buffer.stats();
     report.duration_ms = started.elapsed().as_millis() as u64;
-    let Some(run) = run else {
-        return write.map(|()| report).map_err(Into::into);
-    };
-    match write {
-        Ok(()) => {
-            let counts = serde_json::to_value(&report).unwrap_or_default();
-            let status = if cancelled {
-                RunStatus::Cancelled
-            } else {
-                RunStatus::Ok
-            };
-            quick(runs::finish(&app.db, run, status, &counts, None)).await;
-            tracing::info!(
-                meters_read = report.meters_read,
-                meters_failed = report.meters_failed,
-                readings_written = report.readings_written,
-                duration_ms = report.duration_ms,
-                "collection finished"
-            );
-            Ok(report)
-        }
-        Err(e) => {
-            quick(runs::finish(
-                &app.db,
-                run,
-                RunStatus::Failed,
-                &serde_json::json!({}),
-                Some(&e.to_string()),
-            ))
-            .await;
-            Err(e.into())
-        }
+    let result = write.map(|()| report).map_err(CollectError::from);
+    if let Some(run) = run {
+        quick(run.finish(&app.db, &result)).await;
     }
+    if let Ok(report) = &result {
+        tracing::info!(
+            meters_read = report.meters_read,
+            meters_failed = report.meters_failed,
+            readings_written = report.readings_written,
+            duration_ms = report.duration_ms,
+            "collection finished"
+        );
+    }
+    result
 }
 
 /// A live read of one meter, stored nowhere.

@@ -83,13 +83,13 @@ impl CollectBuffer {
     }
 
     /// Remembers the full active meter list just loaded.
-    pub fn remember_meters(&self, meters: &[MeterRow]) {
+    pub(crate) fn remember_meters(&self, meters: &[MeterRow]) {
         self.lock().meters = Some(meters.to_vec());
     }
 
     /// The last meter list loaded (only the meters in `ids` when given), or
     /// `None` when none was ever loaded.
-    pub fn meters(&self, ids: Option<&[i64]>) -> Option<Vec<MeterRow>> {
+    pub(crate) fn meters(&self, ids: Option<&[i64]>) -> Option<Vec<MeterRow>> {
         let g = self.lock();
         let all = g.meters.as_ref()?;
         Some(match ids {
@@ -105,7 +105,7 @@ impl CollectBuffer {
     /// Holds one run's outcomes; when they do not fit, drops them (the
     /// oldest held are kept) and counts the readings lost. Returns the
     /// readings dropped by this call.
-    pub fn hold(&self, batch: Vec<MeterOutcome>) -> u64 {
+    pub(crate) fn hold(&self, batch: Vec<MeterOutcome>) -> u64 {
         let n = readings(&batch);
         let mut g = self.lock();
         if g.held_readings + n > self.cap {
@@ -126,7 +126,7 @@ impl CollectBuffer {
     }
 
     /// Takes the oldest held run, to write it.
-    pub fn take_oldest(&self) -> Option<Vec<MeterOutcome>> {
+    pub(crate) fn take_oldest(&self) -> Option<Vec<MeterOutcome>> {
         let mut g = self.lock();
         let batch = g.held.pop_front()?;
         g.held_readings -= readings(&batch);
@@ -138,7 +138,7 @@ impl CollectBuffer {
 
     /// Puts back a run taken with [`CollectBuffer::take_oldest`] whose write
     /// failed, in front (it is never dropped: it was already counted in).
-    pub fn put_back(&self, batch: Vec<MeterOutcome>) {
+    pub(crate) fn put_back(&self, batch: Vec<MeterOutcome>) {
         let mut g = self.lock();
         g.held_readings += readings(&batch);
         g.held.push_front(batch);
@@ -146,7 +146,7 @@ impl CollectBuffer {
 
     /// Counts a run taken with [`CollectBuffer::take_oldest`] that the
     /// database refused for good as dropped; returns its readings.
-    pub fn discard(&self, batch: Vec<MeterOutcome>) -> u64 {
+    pub(crate) fn discard(&self, batch: Vec<MeterOutcome>) -> u64 {
         let n = readings(&batch) as u64;
         self.lock().dropped += n;
         n

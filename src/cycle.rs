@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::collect::{CollectOptions, CollectReport};
-use crate::download::{DownloadReport, Table};
+use crate::download::DownloadReport;
 use crate::progress::{NoProgress, Progress};
 use crate::upload::{UploadOptions, UploadReport};
 
@@ -77,14 +77,13 @@ pub async fn run_cycle(
 ) -> CycleReport {
     let started = std::time::Instant::now();
     const CANCELLED: &str = "not run: the cycle was cancelled";
-    progress.update(0, Some(4), "downloading tenants");
-    let download_tenants =
-        Step::from(crate::download::download(app, Table::Tenants, false, &NoProgress).await);
-    progress.update(1, Some(4), "downloading meters");
-    let download_meters = if cancel.is_cancelled() {
-        Step::skipped(CANCELLED)
-    } else {
-        Step::from(crate::download::download(app, Table::Meters, false, &NoProgress).await)
+    progress.update(0, Some(4), "downloading tenants and meters");
+    let downloads = crate::download::download_all(app, false, &NoProgress, cancel).await;
+    let download_tenants = Step::from(downloads.tenants);
+    let download_meters = match downloads.meters {
+        Some(r) => Step::from(r),
+        None if cancel.is_cancelled() => Step::skipped(CANCELLED),
+        None => Step::skipped("not run: downloading tenants failed"),
     };
     progress.update(2, Some(4), "collecting meters");
     let collect = if cancel.is_cancelled() {

@@ -123,30 +123,27 @@ pub async fn run(app: Arc<App>) {
         "download",
         cfg.download_interval,
         shutdown.clone(),
-        move |_cancel| {
+        move |cancel| {
             let app = a.clone();
             async move {
+                let downloads =
+                    crate::download::download_all(&app, false, &LogProgress("download"), &cancel)
+                        .await;
+                let reports = match downloads.into_result() {
+                    Err(e) => {
+                        let transient = e.is_transient();
+                        return failed(e.to_string(), transient);
+                    }
+                    Ok(r) => r,
+                };
                 let mut changes = 0;
                 let mut line = Vec::new();
-                for table in [
-                    crate::download::Table::Tenants,
-                    crate::download::Table::Meters,
-                ] {
-                    match crate::download::download(&app, table, false, &LogProgress("download"))
-                        .await
-                    {
-                        Err(e) => {
-                            let transient = e.is_transient();
-                            return failed(e.to_string(), transient);
-                        }
-                        Ok(r) => {
-                            changes += r.inserted + r.updated + r.deactivated;
-                            line.push(format!(
-                                "{} +{} ~{} -{}",
-                                r.table, r.inserted, r.updated, r.deactivated
-                            ));
-                        }
-                    }
+                for r in reports {
+                    changes += r.inserted + r.updated + r.deactivated;
+                    line.push(format!(
+                        "{} +{} ~{} -{}",
+                        r.table, r.inserted, r.updated, r.deactivated
+                    ));
                 }
                 if changes == 0 {
                     Tick::Idle(line.join(", "))

@@ -160,7 +160,7 @@ impl DbError {
 
 /// One line describing a driver error: the server's severity, message and
 /// SQLSTATE, or the I/O cause. Never contains query text.
-pub fn describe(e: &tokio_postgres::Error) -> String {
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return format!(
             "{}: {} (SQLSTATE {})",
@@ -180,12 +180,6 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         src = cause.source();
     }
     s
-}
-
-/// Whether a driver error from a statement is worth retrying (see
-/// [`crate::fault`], which decides).
-pub fn is_transient(e: &tokio_postgres::Error) -> bool {
-    fault::postgres(Side::Local, fault::Phase::Statement, e).class == ErrorClass::Transient
 }
 
 /// The cause of a checkout failure, and whether retrying may help.

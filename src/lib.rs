@@ -17,19 +17,31 @@
 //! - [`tls`]: rustls connectors for both sides' `_SSLMODE` / `_SSLROOTCERT` (libpq semantics).
 //! - [`migrate`]: embedded migrations for both databases.
 //! - [`runs`]: the `sync_runs` journal every operation writes.
-//! - [`status`]: `sync_status` (backlog, last runs, meter health).
+//! - [`status`]: the sync status (backlog, last runs, meter health;
+//!   [`status::sync_status`], MCP tool sync_status).
 //! - [`progress`]: how engines report progress without knowing to whom.
-//! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator).
+//! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator), and
+//!   the read and discovery engines ([`bacnet::read_meter`],
+//!   [`bacnet::discover`]).
 //! - [`meter_def`]: the one meter definition (instance, address, points and
 //!   their limits) that download, collect, `read_meter` and `list_meters` share.
-//! - [`collect`]: meters -> local readings (`collect_meters`, `read_meter`).
-//! - [`upload`]: local readings -> remote, exactly once (`upload_readings`).
+//! - [`collect`]: meters -> local readings ([`collect::collect`]), and a
+//!   live read stored nowhere ([`collect::read_live`]); served as the MCP
+//!   tools collect_meters and read_meter.
+//! - [`upload`]: local readings -> remote, exactly once ([`upload::upload`];
+//!   MCP tool upload_readings).
 //! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
-//!   listed and requeued (`list_quarantine`, `requeue_readings`).
-//! - [`download`]: remote tenants and meters -> local (`download_*`).
-//! - [`cycle`]: download, collect, upload in order (`run_sync_cycle`).
-//! - [`meters`]: the local meter list, paged (`list_meters`).
-//! - [`readings`]: readings history from both sides, raw or bucketed (`query_readings`).
+//!   listed and requeued ([`quarantine::list`], [`quarantine::requeue`]; MCP
+//!   tools list_quarantine and requeue_readings).
+//! - [`download`]: remote tenants and meters -> local, tenants first
+//!   ([`download::download`], [`download::download_all`]; MCP tools
+//!   download_tenants and download_meters).
+//! - [`cycle`]: download, collect, upload in order ([`cycle::run_cycle`];
+//!   MCP tool run_sync_cycle).
+//! - [`meters`]: the local meter list, paged ([`meters::list_meters`]; MCP tool
+//!   list_meters).
+//! - [`readings`]: readings history from both sides, raw or bucketed
+//!   ([`readings::query_readings`]; MCP tool query_readings).
 //! - [`app`]: the context (config + pools + BACnet client) every front end shares.
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`daemon`]: `metersync run`, the three loops.
@@ -43,11 +55,13 @@
 //! - [`metrics`]: the Prometheus registry and its sampler.
 //! - [`health`]: `/health` and `/metrics` over HTTP, the systemd watchdog,
 //!   and the site health `metersync status` reports.
+//! - `capped`: the capped list + omitted count every report uses.
 //! - [`prune`]: bounded growth: the journal pruned by age, idle connections closed.
 
 pub mod app;
 pub mod availability;
 pub mod bacnet;
+mod capped;
 pub mod collect;
 pub mod collect_buffer;
 pub mod config;

@@ -74,6 +74,61 @@ pub async fn finish(
     }
 }
 
+/// What an engine's report records in its run: one shape for every engine.
+pub trait RunReport: serde::Serialize {
+    /// Whether the run stopped on request (recorded as `cancelled`).
+    fn cancelled(&self) -> bool {
+        false
+    }
+
+    /// The run's `counts`: the report itself unless the engine says otherwise.
+    fn counts(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// An open run of the journal: [`Run::start`] before the work,
+/// [`Run::finish`] with its result after it. A finished run records `ok`
+/// or `cancelled` with the report's counts, or `failed` with `{}` as counts
+/// and the error's message: the same shape for collect, upload and download.
+#[derive(Debug)]
+#[must_use = "a run must be finished"]
+pub struct Run {
+    id: i64,
+}
+
+impl Run {
+    /// Opens a run of `kind`.
+    ///
+    /// Fails when the local database is unreachable.
+    pub async fn start(db: &Databases, kind: &str) -> Result<Run, DbError> {
+        start(db, kind).await.map(|id| Run { id })
+    }
+
+    /// Closes the run with `result`'s outcome (logs instead of failing).
+    pub async fn finish<R: RunReport, E: std::fmt::Display>(
+        self,
+        db: &Databases,
+        result: &Result<R, E>,
+    ) {
+        match result {
+            Ok(r) => {
+                let status = if r.cancelled() {
+                    RunStatus::Cancelled
+                } else {
+                    RunStatus::Ok
+                };
+                finish(db, self.id, status, &r.counts(), None).await;
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                let counts = serde_json::json!({});
+                finish(db, self.id, RunStatus::Failed, &counts, Some(&msg)).await;
+            }
+        }
+    }
+}
+
 /// The most recent `limit` runs, newest first, as JSON objects.
 ///
 /// Fails when the local database is unreachable.

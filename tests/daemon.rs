@@ -7,12 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::daemon::{sigterm, spawn_daemon, wait_for};
+use common::rows::count;
 use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
-    Ok(c.query_one(sql, &[]).await?.get(0))
-}
 
 #[tokio::test]
 async fn the_daemon_collects_through_an_outage_and_drains_after() -> anyhow::Result<()> {
@@ -106,14 +103,7 @@ async fn sigterm_mid_upload_loses_nothing() -> anyhow::Result<()> {
     let w = World::start().await?;
     let local = w.local.client().await?;
     let n: i64 = 300_000;
-    local
-        .execute(
-            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT g % 50, 'energy_kwh', timestamptz '2026-01-01' + (g / 50) * interval '1 minute', g * 0.5, 'kWh'
-             FROM generate_series(1, $1::bigint) g",
-            &[&n],
-        )
-        .await?;
+    rows::seed_readings(&local, n).await?;
     let sum: f64 = local
         .query_one("SELECT sum(value) FROM meter_readings", &[])
         .await?

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::rows::count;
 use common::*;
 use metersync::app::App;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
@@ -35,10 +36,6 @@ where
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
-    Ok(c.query_one(sql, &[]).await?.try_get(0)?)
 }
 
 /// Seeds `n` readings of meter `meter` and its health row.

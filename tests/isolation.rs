@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::rows::count;
 use common::*;
 use metersync::bacnet::sim::{SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
@@ -26,10 +27,6 @@ async fn cli(env: &HashMap<String, String>, args: &[&str]) -> Result<Value> {
         bail!("{args:?} failed: {}", out.stderr);
     }
     serde_json::from_str(&out.stdout).with_context(|| format!("{args:?} printed {}", out.stdout))
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> Result<i64> {
-    Ok(c.query_one(sql, &[]).await?.try_get(0)?)
 }
 
 /// `n` simulated meters (instances 7000..) on loopback with frozen values,
@@ -756,7 +753,7 @@ async fn a_frozen_link_fails_the_download_by_the_client_deadline() -> Result<()>
         &[],
     )
     .await?;
-    let proxy = freeze_trigger::FreezingProxy::start(w.remote.port, b"statement_timeout").await?;
+    let proxy = proxy::Proxy::start_freezing_on(w.remote.port, b"statement_timeout").await?;
     let mut env = w.env.clone();
     env.extend(env_for("CLIENT", proxy.port));
     let started = std::time::Instant::now();

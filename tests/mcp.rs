@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashMap;
 
+use common::rows::count;
 use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use serde_json::{json, Value};
@@ -70,10 +71,6 @@ async fn site(n: u32) -> anyhow::Result<(World, Simulator, HashMap<String, Strin
     env.insert("BACNET_TIMEOUT_MS".into(), "300".into());
     env.insert("BACNET_RETRIES".into(), "1".into());
     Ok((w, sim, env))
-}
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
-    Ok(c.query_one(sql, &[]).await?.get(0))
 }
 
 #[tokio::test]

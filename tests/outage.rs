@@ -10,13 +10,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::daemon::{log_has, sigterm_and_time, spawn_daemon, spawn_logged, wait_for};
-use common::freeze::FreezableLink;
+use common::proxy::Proxy;
+use common::rows::count;
 use common::*;
 use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
-
-async fn count(c: &tokio_postgres::Client, sql: &str) -> anyhow::Result<i64> {
-    Ok(c.query_one(sql, &[]).await?.try_get(0)?)
-}
 
 /// The longest any stop or answer may take.
 const PROMPT: Duration = Duration::from_secs(5);
@@ -127,7 +124,7 @@ async fn daemon_with_a_frozen_remote_link_starts_at_once_and_stops_within_5s() -
 {
     let w = World::start().await?;
     let (_sim, mut env) = site(&w).await?;
-    let link = FreezableLink::start(w.remote.port).await?;
+    let link = Proxy::start(w.remote.port).await?;
     link.set_frozen(true);
     env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
     // One connect attempt through the frozen link lasts 20 s.
@@ -177,14 +174,7 @@ async fn upload_stops_on_sigterm_between_batches() -> anyhow::Result<()> {
     let w = World::start().await?;
     let local = w.local.client().await?;
     let n: i64 = 300_000;
-    local
-        .execute(
-            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT g % 50, 'energy_kwh', timestamptz '2026-01-01' + (g / 50) * interval '1 minute', g * 0.5, 'kWh'
-             FROM generate_series(1, $1::bigint) g",
-            &[&n],
-        )
-        .await?;
+    rows::seed_readings(&local, n).await?;
     let mut env = w.env.clone();
     env.insert("UPLOAD_BATCH_SIZE".into(), "1000".into());
     let (mut child, log, _wd) = spawn_logged(&env, &["upload"], "outage-upload-mid")?;
@@ -422,15 +412,8 @@ async fn daemon_stops_within_5s_when_the_link_freezes_mid_upload_and_nothing_is_
     let w = World::start().await?;
     let local = w.local.client().await?;
     let n: i64 = 300_000;
-    local
-        .execute(
-            "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-             SELECT g % 50, 'energy_kwh', timestamptz '2026-01-01' + (g / 50) * interval '1 minute', g * 0.5, 'kWh'
-             FROM generate_series(1, $1::bigint) g",
-            &[&n],
-        )
-        .await?;
-    let link = FreezableLink::start(w.remote.port).await?;
+    rows::seed_readings(&local, n).await?;
+    let link = Proxy::start(w.remote.port).await?;
     let mut env = w.env.clone();
     env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
     env.insert("UPLOAD_BATCH_SIZE".into(), "1000".into());

@@ -14,6 +14,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use common::rows::count;
 use common::*;
 use serde_json::{json, Value};
 
@@ -47,12 +48,6 @@ async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> Result<(i64, St
         )
         .await?;
     Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-}
-
-async fn count(c: &tokio_postgres::Client, table: &str) -> Result<i64> {
-    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await?
-        .try_get(0)?)
 }
 
 /// Polls `check` every 20 ms until it returns true, failing after `limit`.

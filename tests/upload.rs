@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use common::rows::count;
 use common::*;
 use rand::Rng;
 use serde_json::{json, Value};
@@ -47,12 +48,6 @@ async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> Result<(i64, St
         )
         .await?;
     Ok((row.get(0), row.get(1), row.get(2)))
-}
-
-async fn count(c: &tokio_postgres::Client, table: &str) -> Result<i64> {
-    Ok(c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await?
-        .get(0))
 }
 
 /// Runs `metersync upload ARGS` and returns its report.

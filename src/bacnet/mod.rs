@@ -1,28 +1,13 @@
 //! BACnet/IP access for metersync: read meters' points and discover devices.
 //!
-//! # Why our own small stack
-//! The design named `bacnet-rs`; we checked it (0.3.2) and the alternative
-//! `bacnet-client`/`bacnet-server` 0.15 before choosing. bacnet-rs is out: its
-//! client is a blocking `std::net::UdpSocket` with `thread::sleep`, and its
-//! decoder computes `8 - length` on the tag's length (`src/encoding/mod.rs`
-//! lines 433 and 533), which underflows and panics on a well-formed 9-byte
-//! integer from the network. bacnet-client 0.15 is a serious async stack: its
-//! APDU/NPDU/RPM-ack decoders survived 300,000 random and mutated buffers
-//! without a panic in our check, and it builds (97 s debug; `cargo tree` is
-//! 128 lines). We still did not take it: it needs Rust 1.95 and edition 2024 (this
-//! crate declares 1.88), `bacnet-client` alone is ~39,000 lines (with its
-//! tests) on top of a dozen `bacnet-*` crates, for the four services we use;
-//! one interop bug was reported to us (a segment window of 2 acknowledged
-//! late), and the behaviours the product needs (split a ReadPropertyMultiple
-//! when the device aborts with segmentation-not-supported, fall back to
-//! ReadProperty, one request in flight per device, count and drop garbage)
-//! would sit in our code on top of it anyway. So this module is a small
-//! defensive codec (BVLC with foreign-device registration and forwarding,
-//! NPDU with routing, APDU with segmentation, ReadProperty,
+//! # What it is
+//! Our own small defensive codec (BVLC with foreign-device registration and
+//! forwarding, NPDU with routing, APDU with segmentation, ReadProperty,
 //! ReadPropertyMultiple, Who-Is/I-Am, Who-Is-Router-To-Network) with a tokio
 //! client and a loopback simulator (devices, a router, a BBMD). Its decode
 //! path is fuzzed (`fuzz/`) and a unit test decodes 200,000 random and
-//! mutated datagrams on every `cargo test`.
+//! mutated datagrams on every `cargo test`. Why not an existing crate: see
+//! the README, "Where the code differs from the design card".
 //!
 //! # Map
 //! - [`types`]: object/property identifiers, values, per-property results.
@@ -77,7 +62,10 @@ pub use bbmd::BbmdStatus;
 pub use client::{ClientStats, RouterInfo, UdpClient};
 pub use meta::MeterCache;
 pub use points::{parse_points, PointSpec, PointsError};
-pub use read::{discover_devices, read_meter, DiscoveredDevice, PointReading};
+pub use read::{
+    discover, discover_devices, read_meter, DiscoverError, DiscoveredDevice, Discovery,
+    PointReading, DISCOVER_CAP,
+};
 pub use tags::CodecError;
 pub use types::{
     readable_object_types, ErrorCode, ObjectId, ObjectType, PropertyId, PropertyRef,

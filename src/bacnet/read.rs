@@ -403,6 +403,68 @@ pub async fn discover_devices(
     Ok(devices)
 }
 
+/// How many devices [`discover`] lists before it only counts.
+pub const DISCOVER_CAP: usize = 100;
+/// Where [`discover`] sends Who-Is when no address is given.
+pub const DISCOVER_DEFAULT_TARGET: &str = "255.255.255.255:47808";
+/// How long [`discover`] waits for I-Am answers when not told (ms).
+pub const DISCOVER_DEFAULT_WAIT_MS: u64 = 3000;
+/// The bounds of the wait for I-Am answers (ms).
+pub const DISCOVER_WAIT_MS: std::ops::RangeInclusive<u64> = 100..=60_000;
+
+/// Devices that answered Who-Is: what `discover_devices` (MCP) and
+/// `metersync discover` return.
+#[derive(Debug, Serialize, schemars::JsonSchema)]
+pub struct Discovery {
+    /// Where the Who-Is went.
+    pub target: String,
+    /// Devices found, by instance.
+    #[schemars(description = format!("Devices found, by instance, at most {DISCOVER_CAP}."))]
+    pub devices: Vec<DiscoveredDevice>,
+    /// Devices left out of the list.
+    pub devices_omitted: usize,
+}
+
+/// Why [`discover`] did not run or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    /// The wait is outside [`DISCOVER_WAIT_MS`].
+    #[error("timeout_ms must be between 100 and 60000, got {0}")]
+    Wait(u64),
+    /// The address does not parse.
+    #[error("address: {0}")]
+    Address(#[from] super::AddressError),
+    /// The Who-Is could not be sent.
+    #[error(transparent)]
+    Bacnet(#[from] BacnetError),
+}
+
+/// Who-Is to `address` (default [`DISCOVER_DEFAULT_TARGET`]), waiting
+/// `timeout_ms` (default [`DISCOVER_DEFAULT_WAIT_MS`], within
+/// [`DISCOVER_WAIT_MS`]) for answers: the devices sorted by instance, at
+/// most [`DISCOVER_CAP`] listed and the rest counted. The one set of
+/// discovery rules every front end uses.
+pub async fn discover(
+    client: &dyn BacnetClient,
+    address: Option<&str>,
+    timeout_ms: Option<u64>,
+) -> Result<Discovery, DiscoverError> {
+    let wait = timeout_ms.unwrap_or(DISCOVER_DEFAULT_WAIT_MS);
+    if !DISCOVER_WAIT_MS.contains(&wait) {
+        return Err(DiscoverError::Wait(wait));
+    }
+    let target = super::parse_address(address.unwrap_or(DISCOVER_DEFAULT_TARGET))?;
+    let mut devices = discover_devices(client, target, None, Duration::from_millis(wait)).await?;
+    devices.sort_by_key(|d| d.instance);
+    let devices_omitted = devices.len().saturating_sub(DISCOVER_CAP);
+    devices.truncate(DISCOVER_CAP);
+    Ok(Discovery {
+        target: target.to_string(),
+        devices,
+        devices_omitted,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::types::ErrorCode;

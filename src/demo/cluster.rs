@@ -60,7 +60,7 @@ fn is_root() -> bool {
 }
 
 /// `program`, run as the `postgres` user when we are root.
-pub fn as_pg_user(program: &Path) -> Command {
+pub(crate) fn as_pg_user(program: &Path) -> Command {
     if is_root() {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(program);

@@ -43,6 +43,12 @@ pub enum DemoError {
     /// A background task failed.
     #[error("demo setup task failed: {0}")]
     Task(String),
+    /// Priming for `--serve`: a download failed.
+    #[error(transparent)]
+    Download(#[from] crate::download::DownloadError),
+    /// Priming for `--serve`: the collection failed.
+    #[error(transparent)]
+    Collect(#[from] crate::collect::CollectError),
 }
 
 /// The running demo site; dropping it stops everything.
@@ -214,6 +220,33 @@ impl DemoWorld {
             Some(r) => Ok(r.try_get(0).map_err(|e| DbError::query(Side::Remote, &e))?),
             None => Ok(0),
         }
+    }
+
+    /// Prepares the world for `metersync demo --serve`: downloads tenants
+    /// and meters and collects once, so the MCP tools have meters to list
+    /// and a backlog to upload. Returns the readings collected.
+    ///
+    /// Fails when a download or the collection fails.
+    pub async fn prime(&self) -> Result<u64, DemoError> {
+        use crate::progress::LogProgress;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        crate::download::download_all(&self.app, false, &LogProgress("download"), &cancel)
+            .await
+            .into_result()?;
+        let client = self
+            .app
+            .bacnet()
+            .await
+            .map_err(crate::collect::CollectError::from)?;
+        let c = crate::collect::collect(
+            &self.app,
+            client.as_ref(),
+            crate::collect::CollectOptions::default(),
+            &LogProgress("collect"),
+            &cancel,
+        )
+        .await?;
+        Ok(c.readings_written)
     }
 
     /// Stops the meters and closes the pools (the clusters go on drop).

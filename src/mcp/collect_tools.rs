@@ -1,20 +1,17 @@
 //! Tools that talk to meters: `collect_meters`, `read_meter`,
 //! `discover_devices`.
 
-use std::time::Duration;
-
 use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::service::RequestContext;
 use rmcp::{tool, tool_router, RoleServer};
 use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::progress::McpProgress;
 use super::MeterSyncServer;
 use crate::collect::{CollectOptions, CollectReport, LiveRead};
 
-/// How many devices `discover_devices` lists before it only counts.
-pub const DISCOVER_CAP: usize = 100;
+use crate::bacnet::{Discovery, DISCOVER_CAP};
 
 /// Arguments of `collect_meters`.
 #[derive(Debug, Default, Deserialize, JsonSchema)]
@@ -42,18 +39,6 @@ pub struct DiscoverArgs {
     pub address: Option<String>,
     /// How long to wait for I-Am answers, 100 to 60000 ms (default 3000).
     pub timeout_ms: Option<u64>,
-}
-
-/// Devices that answered Who-Is.
-#[derive(Debug, Serialize, JsonSchema)]
-pub struct DiscoverResult {
-    /// Where the Who-Is went.
-    pub target: String,
-    /// Devices found, by instance.
-    #[schemars(description = format!("Devices found, by instance, at most {DISCOVER_CAP}."))]
-    pub devices: Vec<crate::bacnet::DiscoveredDevice>,
-    /// Devices left out of the list.
-    pub devices_omitted: usize,
 }
 
 /// `collect_meters`' description with the running BACnet timing: what a
@@ -118,11 +103,6 @@ impl MeterSyncServer {
         Parameters(a): Parameters<CollectArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<CollectReport>, String> {
-        if a.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
-            return Err(
-                "meter_ids must not be empty: omit it to collect every active meter".into(),
-            );
-        }
         let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
         let progress = McpProgress::new(&ctx);
         let opts = CollectOptions {
@@ -158,31 +138,11 @@ impl MeterSyncServer {
     async fn discover_devices(
         &self,
         Parameters(a): Parameters<DiscoverArgs>,
-    ) -> Result<Json<DiscoverResult>, String> {
-        let timeout = a.timeout_ms.unwrap_or(3000);
-        if !(100..=60_000).contains(&timeout) {
-            return Err(format!(
-                "timeout_ms must be between 100 and 60000, got {timeout}"
-            ));
-        }
-        let target = a.address.unwrap_or_else(|| "255.255.255.255:47808".into());
-        let addr = crate::bacnet::parse_address(&target).map_err(|e| format!("address: {e}"))?;
+    ) -> Result<Json<Discovery>, String> {
         let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
-        let mut devices = crate::bacnet::discover_devices(
-            client.as_ref(),
-            addr,
-            None,
-            Duration::from_millis(timeout),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        devices.sort_by_key(|d| d.instance);
-        let devices_omitted = devices.len().saturating_sub(DISCOVER_CAP);
-        devices.truncate(DISCOVER_CAP);
-        Ok(Json(DiscoverResult {
-            target: addr.to_string(),
-            devices,
-            devices_omitted,
-        }))
+        crate::bacnet::discover(client.as_ref(), a.address.as_deref(), a.timeout_ms)
+            .await
+            .map(Json)
+            .map_err(|e| e.to_string())
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::destination::Destination;
-use super::{hint, local, remote, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
+use super::{local, remote, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 use crate::progress::Progress;
@@ -88,10 +88,7 @@ pub(super) async fn run_batches<D: Destination + Send>(
     cancel: &CancellationToken,
     t0: Instant,
 ) -> Result<UploadReport, UploadError> {
-    let start = |source: DbError| UploadError::Start {
-        hint: hint(&source),
-        source,
-    };
+    let start = |source: DbError| UploadError::Start { source };
     let backlog = local::backlog(db).await.map_err(start)?;
     let total = max_rows.map_or(backlog, |m| m.min(backlog));
     let mut report = UploadReport::default();
@@ -149,7 +146,6 @@ pub(super) async fn run_batches<D: Destination + Send>(
         let interrupted = |source: DbError| UploadError::Interrupted {
             batch: batch_no,
             done,
-            hint: hint(&source),
             source,
         };
         let cur = match current.take() {
@@ -231,7 +227,6 @@ pub(super) async fn run_batches<D: Destination + Send>(
                     return Err(UploadError::Interrupted {
                         batch: report.batches + 1,
                         done: moved(&report),
-                        hint: hint(&source),
                         source,
                     });
                 }
@@ -252,7 +247,6 @@ pub(super) async fn run_batches<D: Destination + Send>(
                 let interrupted = |source: DbError| UploadError::Interrupted {
                     batch: report.batches + 1,
                     done: claimed,
-                    hint: hint(&source),
                     source,
                 };
                 dest.reconnect().await.map_err(interrupted)?;

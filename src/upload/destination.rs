@@ -82,10 +82,7 @@ impl Destination for PgDestination<'_> {
             .db
             .remote()
             .await
-            .map_err(|source| UploadError::Start {
-                hint: super::hint(&source),
-                source,
-            })?;
+            .map_err(|source| UploadError::Start { source })?;
         remote::check_table(&c).await?;
         self.client = Some(c);
         Ok(())

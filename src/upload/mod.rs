@@ -93,7 +93,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::db::DbError;
 use crate::progress::Progress;
-use crate::runs::{self, RunStatus};
+use crate::runs;
 
 /// The largest batch accepted: one batch is held in memory and in one
 /// remote transaction, so this bounds both.
@@ -260,6 +260,12 @@ pub struct UploadReport {
     pub duration_ms: u64,
 }
 
+impl runs::RunReport for UploadReport {
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+}
+
 /// Why an upload failed. Every batch committed before the failure stays
 /// uploaded and deleted; the batch in flight stays local.
 #[derive(Debug, thiserror::Error)]
@@ -273,13 +279,11 @@ pub enum UploadError {
         reason: String,
     },
     /// Nothing was uploaded: a database could not be used.
-    #[error("{source}; nothing was uploaded, the backlog is untouched{hint}")]
+    #[error("{source}; nothing was uploaded, the backlog is untouched")]
     Start {
-        /// The cause.
+        /// The cause (with what to do next, when a person must act).
         #[source]
         source: DbError,
-        /// What to do next.
-        hint: &'static str,
     },
     /// The remote `meter_readings` cannot guarantee exactly-once.
     #[error("the remote table meter_readings {problem}; nothing was uploaded. Run `metersync migrate`, or give the table the contract's primary key (meter_id, point, recorded_at)")]
@@ -288,17 +292,15 @@ pub enum UploadError {
         problem: &'static str,
     },
     /// The upload stopped in the middle.
-    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: {source}; the rows of that batch are still local, nothing is lost or doubled; run the upload again (it is safe){hint}")]
+    #[error("the upload stopped at batch {batch} after {done} rows were uploaded: {source}; the rows of that batch are still local, nothing is lost or doubled; run the upload again (it is safe)")]
     Interrupted {
         /// The batch that failed (1-based).
         batch: u64,
         /// Rows uploaded (or found present) and deleted before it.
         done: u64,
-        /// The cause.
+        /// The cause (with what to do next, when a person must act).
         #[source]
         source: DbError,
-        /// What to do next.
-        hint: &'static str,
     },
     /// The remote refused the batch for a reason the operator must fix on
     /// the remote (no partition for the rows, a missing column, permission).
@@ -335,16 +337,6 @@ impl UploadError {
     }
 }
 
-/// A hint for a missing table: the migrations were not applied.
-fn hint(e: &DbError) -> &'static str {
-    match e {
-        DbError::Query { cause, .. } if cause.contains("SQLSTATE 42P01") => {
-            "; a table is missing: run `metersync migrate`"
-        }
-        _ => "",
-    }
-}
-
 /// Uploads the local backlog (or `max_rows` of it) to the remote.
 ///
 /// Records the run in `sync_runs`, reports progress after every batch and
@@ -360,11 +352,8 @@ pub async fn upload(
     cancel: &CancellationToken,
 ) -> Result<UploadReport, UploadError> {
     let batch_size = opts.batch_size(app.config.upload_batch_size)?;
-    let start = |source: DbError| UploadError::Start {
-        hint: hint(&source),
-        source,
-    };
-    let run = runs::start(&app.db, "upload").await.map_err(start)?;
+    let start = |source: DbError| UploadError::Start { source };
+    let run = runs::Run::start(&app.db, "upload").await.map_err(start)?;
     let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
     let result = batches::run_batches(
         &app.db,
@@ -377,17 +366,7 @@ pub async fn upload(
         Instant::now(),
     )
     .await;
-    let (status, counts, error) = match &result {
-        Ok(r) if r.cancelled => (RunStatus::Cancelled, serde_json::to_value(r), None),
-        Ok(r) => (RunStatus::Ok, serde_json::to_value(r), None),
-        Err(e) => (
-            RunStatus::Failed,
-            Ok(serde_json::Value::Null),
-            Some(e.to_string()),
-        ),
-    };
-    let counts = counts.unwrap_or(serde_json::Value::Null);
-    runs::finish(&app.db, run, status, &counts, error.as_deref()).await;
+    run.finish(&app.db, &result).await;
     match &result {
         Ok(r) => tracing::info!(
             uploaded = r.uploaded,

@@ -7,14 +7,18 @@
 //! `constraint()` to tell a CHECK from a missing partition, which share
 //! SQLSTATE 23514), never its message text.
 //!
-//! Mapping to the project-wide classification (transient / operator / bug):
+//! This is a refinement on top of the project-wide classification
+//! ([`crate::fault`], which alone decides what is transient):
 //! [`Rejection::Row`] is not an error of the upload (the row is set aside),
 //! [`Rejection::NoPartition`] and [`Rejection::TableShape`] are operator
-//! errors, [`Rejection::Transient`] is transient, [`Rejection::Other`] is
-//! whatever the caller's general classification says (a bug or unknown).
+//! errors, [`Rejection::Transient`] is what `fault` calls transient, and
+//! [`Rejection::Other`] is what it calls a bug.
 
 use chrono::{DateTime, Datelike, Months, NaiveDate, Utc};
 use tokio_postgres::error::SqlState;
+
+use crate::config::Side;
+use crate::fault::{self, ErrorClass, Phase};
 
 /// How the upload treats one remote error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,41 +53,35 @@ impl Rejection {
 
 /// Classifies a driver error raised while inserting rows into the remote
 /// `meter_readings`.
+///
+/// Only the refinement specific to the upload is decided here (a row's data,
+/// a missing partition, the table's shape); whether anything else is
+/// transient, an operator error or a bug is [`crate::fault`]'s decision.
 pub fn classify(e: &tokio_postgres::Error) -> Rejection {
-    let Some(db) = e.as_db_error() else {
-        // No server error: an I/O failure, a closed connection, a timeout.
-        return if e.is_closed() || std::error::Error::source(e).is_some() {
-            Rejection::Transient
-        } else {
-            Rejection::Other
-        };
-    };
-    let code = db.code();
-    // A missing partition is SQLSTATE 23514 like a CHECK violation, but the
-    // server attaches no constraint name to it (ExecFindPartition reports
-    // only the table); a CHECK always names its constraint.
-    if *code == SqlState::CHECK_VIOLATION && db.constraint().is_none() {
-        return Rejection::NoPartition;
+    if let Some(db) = e.as_db_error() {
+        let code = db.code();
+        // A missing partition is SQLSTATE 23514 like a CHECK violation, but
+        // the server attaches no constraint name to it (ExecFindPartition
+        // reports only the table); a CHECK always names its constraint.
+        if *code == SqlState::CHECK_VIOLATION && db.constraint().is_none() {
+            return Rejection::NoPartition;
+        }
+        let c = code.code();
+        if c.starts_with("22") || c.starts_with("23") {
+            return Rejection::Row;
+        }
+        if c.starts_with("42") || *code == SqlState::WRONG_OBJECT_TYPE {
+            // The insert's statement is fixed, so any 42xxx (42501
+            // insufficient privilege, 42P01 undefined table, 42703 undefined
+            // column, 42804 datatype mismatch...) is the remote table's shape.
+            return Rejection::TableShape;
+        }
     }
-    let c = code.code();
-    if c.starts_with("22") || c.starts_with("23") {
-        return Rejection::Row;
+    match fault::postgres(Side::Remote, Phase::Statement, e).class {
+        ErrorClass::Transient => Rejection::Transient,
+        ErrorClass::Operator if e.as_db_error().is_some() => Rejection::TableShape,
+        ErrorClass::Operator | ErrorClass::Bug => Rejection::Other,
     }
-    if c.starts_with("42") || *code == SqlState::WRONG_OBJECT_TYPE {
-        // 42501 insufficient privilege, 42P01 undefined table, 42703
-        // undefined column, 42804 datatype mismatch...
-        return Rejection::TableShape;
-    }
-    if c.starts_with("08")
-        || c.starts_with("53")
-        || c.starts_with("57")
-        || c == "40001"
-        || c == "40P01"
-    {
-        // 57014 is a statement timeout (the deadline of the batch).
-        return Rejection::Transient;
-    }
-    Rejection::Other
 }
 
 /// What the operator should change, for a table-shape rejection; `when`

@@ -87,14 +87,10 @@ pub(super) enum SendError {
     TooManyRejected(String),
 }
 
-/// A remote error, transient as [`reject::classify`] says (a statement
-/// timeout, the batch's deadline, is transient here).
+/// A remote error, classified by [`crate::fault`] (a statement timeout, the
+/// batch's deadline, is transient).
 fn q(e: &tokio_postgres::Error) -> DbError {
-    DbError::Query {
-        side: Side::Remote,
-        cause: crate::db::describe(e),
-        transient: reject::classify(e) == Rejection::Transient,
-    }
+    DbError::query(Side::Remote, e)
 }
 
 /// The error of a send that outlived its client-side deadline.
@@ -145,7 +141,7 @@ fn operator(e: &tokio_postgres::Error, row: Option<&Reading>) -> SendError {
 /// Fails when the table or the index is missing, or the remote is down or
 /// does not answer within [`DEADLINE_BASE`].
 pub(super) async fn check_table(c: &Client) -> Result<(), UploadError> {
-    let start = |source: DbError| UploadError::Start { source, hint: "" };
+    let start = |source: DbError| UploadError::Start { source };
     let query = c.query_typed_one(
         "SELECT to_regclass('meter_readings') IS NOT NULL, EXISTS ( \
            SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass('meter_readings') \

@@ -12,16 +12,14 @@
 #![allow(dead_code)]
 
 pub mod daemon;
-pub mod freeze;
-pub mod freeze_trigger;
 pub mod proxy;
+pub mod rows;
 pub mod tls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
@@ -30,8 +28,9 @@ pub const TEST_PASSWORD: &str = "Tst-pw-9f3k2ZQx";
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
+#[allow(unused_imports)] // not every test file needs a free port
 pub use metersync::demo::cluster::free_port;
-use metersync::demo::cluster::{as_pg_user, chown_pg, Cluster};
+use metersync::demo::cluster::Cluster;
 
 fn run_ok(cmd: std::process::Command, what: &str) -> Result<()> {
     Ok(metersync::demo::cluster::run_ok(cmd, what)?)
@@ -95,9 +94,11 @@ pub fn env_for(side: &str, port: u16) -> Vec<(String, String)> {
     ]
 }
 
-/// PgBouncer in `pool_mode = transaction` in front of a cluster.
+/// PgBouncer in `pool_mode = transaction` in front of a cluster: the
+/// library's [`metersync::demo::cluster::Pooler`] (one copy of its setup)
+/// with the tests' password, 5 server connections and 500 clients.
 pub struct PgBouncer {
-    root: tempfile::TempDir,
+    _pooler: metersync::demo::cluster::Pooler,
     /// Its TCP port.
     pub port: u16,
 }
@@ -105,56 +106,17 @@ pub struct PgBouncer {
 impl PgBouncer {
     /// Starts PgBouncer (installed by `.ci/run`) on a free port.
     pub fn start(cluster: &PgCluster) -> Result<Self> {
-        let bin =
-            which("pgbouncer").context("pgbouncer not installed: apt-get install -y pgbouncer")?;
-        let root = tempfile::Builder::new()
-            .prefix("metersync-pgb-")
-            .tempdir()?;
-        let port = free_port();
-        let ini = format!(
-            "[databases]\n* = host=127.0.0.1 port={cport}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\nauth_type = plain\nauth_file = {dir}/userlist.txt\npool_mode = transaction\nmax_client_conn = 500\ndefault_pool_size = 5\nlogfile = {dir}/pgbouncer.log\npidfile = {dir}/pgbouncer.pid\nserver_reset_query =\nignore_startup_parameters = extra_float_digits,application_name\n",
-            cport = cluster.port,
-            dir = root.path().display()
-        );
-        std::fs::write(root.path().join("pgbouncer.ini"), ini)?;
-        std::fs::write(
-            root.path().join("userlist.txt"),
-            format!("\"postgres\" \"{TEST_PASSWORD}\"\n"),
-        )?;
-        chown_pg(root.path())?;
-        let mut cmd = as_pg_user(&bin);
-        cmd.arg("-d").arg(root.path().join("pgbouncer.ini"));
-        run_ok(cmd, "pgbouncer -d")?;
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Ok(PgBouncer { root, port });
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        bail!("pgbouncer did not start listening on {port}")
+        let pooler = metersync::demo::cluster::Pooler::start(cluster.port, TEST_PASSWORD, 5, 500)?;
+        Ok(PgBouncer {
+            port: pooler.port,
+            _pooler: pooler,
+        })
     }
 
     /// The environment that points metersync's `side` through the pooler.
     pub fn env(&self, side: &str) -> Vec<(String, String)> {
         env_for(side, self.port)
     }
-}
-
-impl Drop for PgBouncer {
-    fn drop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.root.path().join("pgbouncer.pid")) {
-            let _ = std::process::Command::new("kill").arg(pid.trim()).status();
-        }
-    }
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-            .map(|p| p.join(name))
-            .find(|p| p.exists())
-    })
 }
 
 /// A fresh log file for one metersync process under
