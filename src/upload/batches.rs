@@ -104,7 +104,7 @@ pub(super) async fn run_batches<D: Destination + Send>(
     loop {
         match dest.open().await {
             Ok(()) => break,
-            Err(UploadError::Start { source, hint })
+            Err(UploadError::Start { source })
                 if source.is_transient() && opens < max_resends && !cancel.is_cancelled() =>
             {
                 let delay = crate::retry::backoff_delay(opens);
@@ -112,10 +112,10 @@ pub(super) async fn run_batches<D: Destination + Send>(
                 tracing::warn!(
                     attempt = opens,
                     next_delay_ms = delay.as_millis() as u64,
-                    "the remote refused the upload's first statement, trying again after the backoff: {source}{hint}"
+                    "the remote refused the upload's first statement, trying again after the backoff: {source}"
                 );
                 if backoff(delay, cancel).await {
-                    return Err(UploadError::Start { source, hint });
+                    return Err(UploadError::Start { source });
                 }
             }
             Err(e) => return Err(e),
