@@ -99,13 +99,19 @@ pub(super) async fn run_batches<D: Destination + Send>(
     // Behind a transaction pooler the first statement is what logs a server
     // connection in, so right after a remote restart the pooler refuses it
     // for a while (PgBouncer's `server_login_retry`, 08P01): a transient
-    // failure to open is retried with the same backoff as a batch.
+    // refusal of that statement is retried with the same backoff as a batch.
     let mut opens = 0u32;
     loop {
         match dest.open().await {
             Ok(()) => break,
+            // Only a refused statement: a connection that cannot be made
+            // follows the checkout's own policy (a side known down answers
+            // at once, see `db::Patience`).
             Err(UploadError::Start { source })
-                if source.is_transient() && opens < max_resends && !cancel.is_cancelled() =>
+                if matches!(source, crate::db::DbError::Query { .. })
+                    && source.is_transient()
+                    && opens < max_resends
+                    && !cancel.is_cancelled() =>
             {
                 let delay = crate::retry::backoff_delay(opens);
                 opens += 1;
