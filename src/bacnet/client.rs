@@ -428,7 +428,7 @@ impl UdpClient {
         }
         for i in fallback {
             if let Some(p) = props.get(i) {
-                results[i] = Some(self.rp(&mut peer, device, *p).await?);
+                results[i] = Some(self.rp(&mut peer, device, *p, None).await?);
             }
         }
         Ok(results
@@ -498,45 +498,23 @@ impl UdpClient {
     ) -> Result<PropertyResult, BacnetError> {
         let peer = self.peer(device.addr);
         let mut peer = peer.lock().await;
-        let mut body = Vec::new();
-        services::encode_read_property_indexed(&mut body, p, index);
-        let reply = self
-            .transact(&mut peer, device, frame::SERVICE_READ_PROPERTY, &body)
-            .await?;
-        match reply {
-            Reply::Ack(body) | Reply::SegmentedAck(body) => {
-                Ok(Ok(services::decode_read_property_ack(&body, p).map_err(
-                    |source| BacnetError::Malformed {
-                        addr: device.addr,
-                        device: device.instance,
-                        source,
-                    },
-                )?))
-            }
-            Reply::Error(e) => Ok(Err(e)),
-            Reply::Segmented => Ok(Err(TOO_LONG)),
-            Reply::Abort(r) if is_too_long(r) => Ok(Err(TOO_LONG)),
-            Reply::Abort(reason) => Err(BacnetError::Aborted {
-                addr: device.addr,
-                device: device.instance,
-                reason,
-            }),
-            Reply::Reject(reason) => Err(BacnetError::Rejected {
-                addr: device.addr,
-                device: device.instance,
-                reason,
-            }),
-        }
+        self.rp(&mut peer, device, p, Some(index)).await
     }
 
+    /// One ReadProperty of `p` (element `index` of an array property when
+    /// given).
     async fn rp(
         &self,
         peer: &mut Peer,
         device: Device,
         p: PropertyRef,
+        index: Option<u32>,
     ) -> Result<PropertyResult, BacnetError> {
         let mut body = Vec::new();
-        services::encode_read_property(&mut body, p);
+        match index {
+            None => services::encode_read_property(&mut body, p),
+            Some(i) => services::encode_read_property_indexed(&mut body, p, i),
+        }
         let reply = self
             .transact(peer, device, frame::SERVICE_READ_PROPERTY, &body)
             .await?;
