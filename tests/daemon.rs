@@ -9,31 +9,12 @@ use std::time::{Duration, Instant};
 use common::daemon::{sigterm, spawn_daemon, wait_for};
 use common::rows::count;
 use common::*;
-use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 
 #[tokio::test]
 async fn the_daemon_collects_through_an_outage_and_drains_after() -> anyhow::Result<()> {
     let w = World::start().await?;
-    let sim = Simulator::start(vec![
-        SimDeviceConfig::new(7001, "127.0.0.1:0".parse()?),
-        SimDeviceConfig::new(7002, "127.0.0.1:0".parse()?),
-    ])
-    .await?;
     let remote = w.remote.client().await?;
-    for (i, d) in sim.devices().iter().enumerate() {
-        remote
-            .execute(
-                "INSERT INTO meters (id, name, device_instance, address, points) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &(i as i64 + 1),
-                    &format!("m{i}"),
-                    &(d.instance() as i32),
-                    &d.addr().to_string(),
-                    &standard_points_json(),
-                ],
-            )
-            .await?;
-    }
+    let _sim = meters::simulated_meters_on(&remote, &[7001, 7002], None).await?;
     drop(remote);
     let mut env = w.env.clone();
     env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 use common::rows::count;
 use common::*;
 use metersync::app::App;
-use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
 use metersync::config::Config;
 
 /// An [`App`] (library, not process) for `env`.
@@ -237,26 +236,8 @@ where
 async fn health_and_metrics_follow_a_meter_going_down_and_the_remote_going_away(
 ) -> anyhow::Result<()> {
     let w = World::start().await?;
-    let sim = Simulator::start(vec![
-        SimDeviceConfig::new(7101, "127.0.0.1:0".parse()?),
-        SimDeviceConfig::new(7102, "127.0.0.1:0".parse()?),
-    ])
-    .await?;
     let remote = w.remote.client().await?;
-    for (i, d) in sim.devices().iter().enumerate() {
-        remote
-            .execute(
-                "INSERT INTO meters (id, site_id, name, device_instance, address, points) VALUES ($1, 'site-m', $2, $3, $4, $5)",
-                &[
-                    &(i as i64 + 1),
-                    &format!("m{i}"),
-                    &(d.instance() as i32),
-                    &d.addr().to_string(),
-                    &standard_points_json(),
-                ],
-            )
-            .await?;
-    }
+    let sim = meters::simulated_meters_on(&remote, &[7101, 7102], Some("site-m")).await?;
     let addr = format!("127.0.0.1:{}", free_port());
     let mut env = w.env.clone();
     env.insert("SITE_ID".into(), "site-m".into());

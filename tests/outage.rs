@@ -13,7 +13,7 @@ use common::daemon::{log_has, sigterm_and_time, spawn_daemon, spawn_logged, wait
 use common::proxy::Proxy;
 use common::rows::count;
 use common::*;
-use metersync::bacnet::sim::{standard_points_json, SimDeviceConfig, Simulator};
+use metersync::bacnet::sim::Simulator;
 
 /// The longest any stop or answer may take.
 const PROMPT: Duration = Duration::from_secs(5);
@@ -22,26 +22,8 @@ const PROMPT: Duration = Duration::from_secs(5);
 /// local copy; returns the simulator (keep it alive) and the daemon's env:
 /// collection every second, the default retry round (5 retries, 62 s).
 async fn site(w: &World) -> anyhow::Result<(Simulator, HashMap<String, String>)> {
-    let sim = Simulator::start(vec![
-        SimDeviceConfig::new(7101, "127.0.0.1:0".parse()?),
-        SimDeviceConfig::new(7102, "127.0.0.1:0".parse()?),
-    ])
-    .await?;
     let remote = w.remote.client().await?;
-    for (i, d) in sim.devices().iter().enumerate() {
-        remote
-            .execute(
-                "INSERT INTO meters (id, name, device_instance, address, points) VALUES ($1, $2, $3, $4, $5)",
-                &[
-                    &(i as i64 + 1),
-                    &format!("m{i}"),
-                    &(d.instance() as i32),
-                    &d.addr().to_string(),
-                    &standard_points_json(),
-                ],
-            )
-            .await?;
-    }
+    let sim = meters::simulated_meters_on(&remote, &[7101, 7102], None).await?;
     let out = run_cli(&w.env, &["download-meters"], "outage-download").await?;
     assert!(out.ok, "{}", out.stderr);
     let mut env = w.env.clone();
