@@ -342,9 +342,14 @@ async fn a_15s_local_outage_loses_no_reading_from_the_schedule() -> anyhow::Resu
             .map(|p| (p[1] - p[0]).num_milliseconds())
             .collect();
         // One reading per second: a missed tick would leave a gap of ~2 s,
-        // bunched ticks a gap of a few ms.
+        // bunched ticks a gap of a few ms. The very first run (before the
+        // outage) reads late, by however long the daemon's three jobs take
+        // to open their first local connections at once (646 ms seen under
+        // load), so its gap to the next slot may be short; it still may not
+        // be a missed tick.
         assert!(
-            gaps.iter().all(|g| (400..1900).contains(g)),
+            gaps.first().is_none_or(|g| (0..1900).contains(g))
+                && gaps.iter().skip(1).all(|g| (400..1900).contains(g)),
             "meter {meter}: gaps between readings (ms) {gaps:?}"
         );
         assert!(
