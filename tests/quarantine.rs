@@ -14,41 +14,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use common::rows::count;
+use common::rows::{count, fingerprint, seed_mixed};
 use common::*;
 use serde_json::{json, Value};
-
-/// Seeds `n` readings: meters 1..=50, one per second from
-/// 2026-01-01 + `offset` s, value g/4 (+ `bump`), a few units NULL.
-async fn seed(c: &tokio_postgres::Client, n: i64, offset: i64, bump: f64) -> Result<()> {
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-         SELECT g % 50 + 1, CASE WHEN g % 3 = 0 THEN 'power_kw' ELSE 'energy_kwh' END,
-                timestamptz '2026-01-01 00:00:00+00' + (g + $2) * interval '1 second',
-                g / 4.0 + $3::float8, CASE WHEN g % 7 = 0 THEN NULL ELSE 'kWh' END
-         FROM generate_series(1, $1::bigint) g",
-        &[&n, &offset, &bump],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Count and checksums of the readings `where` selects from `table`.
-async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> Result<(i64, String, String)> {
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(sum(value), 0)::text,
-                    coalesce(sum(hashtextextended(meter_id::text || '|' || point || '|' ||
-                        extract(epoch FROM recorded_at)::text || '|' || value::text || '|' ||
-                        coalesce(unit, '<null>'), 0)::numeric), 0)::text
-                 FROM {table}"
-            ),
-            &[],
-        )
-        .await?;
-    Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-}
 
 /// Polls `check` every 20 ms until it returns true, failing after `limit`.
 async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F) -> Result<()>
@@ -101,9 +69,9 @@ async fn a_missing_partition_keeps_rows_local_and_a_check_quarantines_only_its_r
     rc.batch_execute(PARTITIONED).await?;
     // 1,000 good January rows, then 3 January rows the CHECK refuses, then
     // 500 good February rows no partition covers yet.
-    seed(&lc, 1_000, 0, 0.0).await?;
-    seed(&lc, 3, 5_000, 1e12).await?;
-    seed(&lc, 500, FEBRUARY, 0.0).await?;
+    seed_mixed(&lc, 1_000, 0, 0.0).await?;
+    seed_mixed(&lc, 3, 5_000, 1e12).await?;
+    seed_mixed(&lc, 500, FEBRUARY, 0.0).await?;
     let good = fingerprint(&lc, "meter_readings WHERE value < 1e9").await?;
 
     let out = run_cli(&w.env, &["upload", "--batch-size", "250"], "upload-nopart").await?;
@@ -159,7 +127,7 @@ async fn a_missing_partition_keeps_rows_local_and_a_check_quarantines_only_its_r
         "CREATE ROLE reader LOGIN PASSWORD '{TEST_PASSWORD}'; GRANT SELECT ON meter_readings TO reader"
     ))
     .await?;
-    seed(&lc, 100, 2 * FEBRUARY, 0.0).await?;
+    seed_mixed(&lc, 100, 2 * FEBRUARY, 0.0).await?;
     let mut env = w.env.clone();
     env.insert("POSTGRES_CLIENT_USER".into(), "reader".into());
     let out = run_cli(&env, &["upload"], "upload-denied").await?;
@@ -175,7 +143,7 @@ async fn a_missing_partition_keeps_rows_local_and_a_check_quarantines_only_its_r
 async fn a_same_key_different_value_row_is_a_kept_conflict_not_a_silent_drop() -> Result<()> {
     let w = World::start().await?;
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 1_000, 0, 0.0).await?;
+    seed_mixed(&lc, 1_000, 0, 0.0).await?;
     // The remote already holds 15 of the keys, some with another value.
     rc.batch_execute(
         "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
@@ -313,8 +281,8 @@ async fn quarantined_rows_requeue_through_mcp_and_the_cli_and_upload_exactly_onc
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
     rc.batch_execute("ALTER TABLE meter_readings ADD CONSTRAINT small CHECK (value < 1000)")
         .await?;
-    seed(&lc, 500, 0, 0.0).await?;
-    seed(&lc, 20, 10_000, 5_000.0).await?;
+    seed_mixed(&lc, 500, 0, 0.0).await?;
+    seed_mixed(&lc, 20, 10_000, 5_000.0).await?;
     let all = fingerprint(&lc, "meter_readings").await?;
     let r = cli_json(&w.env, &["upload", "--batch-size", "100"], "upload-q").await?;
     assert_eq!(r["uploaded"], 500, "{r}");
@@ -441,7 +409,7 @@ async fn a_frozen_link_fails_the_batch_within_its_deadline_and_loses_nothing() -
     let mut env = w.env.clone();
     env.extend(env_for("CLIENT", proxy.port));
     let lc = w.local.client().await?;
-    seed(&lc, N, 0, 0.0).await?;
+    seed_mixed(&lc, N, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
 
     let wd = workdir();
@@ -516,7 +484,7 @@ async fn a_remote_restart_behind_pgbouncer_during_several_uploads_is_ridden_out(
     let out = run_cli(&env, &["migrate"], "migrate-pgb-restart").await?;
     assert!(out.ok, "{}", out.stderr);
     let lc = local.client().await?;
-    seed(&lc, N, 0, 0.0).await?;
+    seed_mixed(&lc, N, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
 
     let mut children = Vec::new();
@@ -572,7 +540,7 @@ async fn sigterm_during_a_frozen_link_stops_the_upload_promptly_and_loses_nothin
     let mut env = w.env.clone();
     env.extend(env_for("CLIENT", proxy.port));
     let lc = w.local.client().await?;
-    seed(&lc, N, 0, 0.0).await?;
+    seed_mixed(&lc, N, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
     let wd = workdir();
     let child = metersync_cmd(&env, wd.path())

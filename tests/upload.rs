@@ -12,43 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use common::rows::count;
+use common::rows::{count, fingerprint, seed_mixed};
 use common::*;
 use rand::Rng;
 use serde_json::{json, Value};
-
-/// Seeds `n` readings locally: meters 1..=50, one per second from
-/// 2026-01-01 + `offset` s, value g/4, a few units NULL.
-async fn seed(c: &tokio_postgres::Client, n: i64, offset: i64) -> Result<()> {
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-         SELECT g % 50 + 1, CASE WHEN g % 3 = 0 THEN 'power_kw' ELSE 'energy_kwh' END,
-                timestamptz '2026-01-01 00:00:00+00' + (g + $2) * interval '1 second',
-                g / 4.0, CASE WHEN g % 7 = 0 THEN NULL ELSE 'kWh' END
-         FROM generate_series(1, $1::bigint) g",
-        &[&n, &offset],
-    )
-    .await?;
-    Ok(())
-}
-
-/// Count and checksums of a readings table: any lost, doubled or altered
-/// row changes it.
-async fn fingerprint(c: &tokio_postgres::Client, table: &str) -> Result<(i64, String, String)> {
-    let row = c
-        .query_one(
-            &format!(
-                "SELECT count(*), coalesce(sum(value), 0)::text,
-                    coalesce(sum(hashtextextended(meter_id::text || '|' || point || '|' ||
-                        extract(epoch FROM recorded_at)::text || '|' || value::text || '|' ||
-                        coalesce(unit, '<null>'), 0)::numeric), 0)::text
-                 FROM {table}"
-            ),
-            &[],
-        )
-        .await?;
-    Ok((row.get(0), row.get(1), row.get(2)))
-}
 
 /// Runs `metersync upload ARGS` and returns its report.
 async fn upload(env: &HashMap<String, String>, args: &[&str]) -> Result<Value> {
@@ -67,7 +34,7 @@ async fn round_trip_is_identical_and_a_second_call_uploads_nothing() -> Result<(
     let mut w = World::start().await?;
     w.env.insert("SITE_ID".into(), "site-7".into());
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 5_000, 0).await?;
+    seed_mixed(&lc, 5_000, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
 
     let r = upload(&w.env, &["--batch-size", "1000"]).await?;
@@ -102,7 +69,7 @@ async fn round_trip_is_identical_and_a_second_call_uploads_nothing() -> Result<(
     assert_eq!(runs, 2);
 
     // max_rows stops early and says what is left.
-    seed(&lc, 300, 10_000).await?;
+    seed_mixed(&lc, 300, 10_000, 0.0).await?;
     let r = upload(&w.env, &["--batch-size", "100", "--max-rows", "250"]).await?;
     assert_eq!(r["uploaded"], 250, "{r}");
     assert_eq!(r["batches"], 3);
@@ -121,7 +88,7 @@ async fn round_trip_is_identical_and_a_second_call_uploads_nothing() -> Result<(
 async fn kill_dash_nine_at_random_instants_loses_and_doubles_nothing() -> Result<()> {
     let w = World::start().await?;
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 200_000, 0).await?;
+    seed_mixed(&lc, 200_000, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
     let mut rng = rand::thread_rng();
     let mut killed = 0;
@@ -168,7 +135,7 @@ async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Re
         .await?;
 
     for (i, fault) in ["cut", "restart"].into_iter().enumerate() {
-        seed(&lc, N, i as i64 * 100_000).await?;
+        seed_mixed(&lc, N, i as i64 * 100_000, 0.0).await?;
         lc.batch_execute("INSERT INTO expected SELECT * FROM meter_readings")
             .await?;
         let wd = workdir();
@@ -225,7 +192,7 @@ async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Re
 async fn two_concurrent_uploads_never_send_the_same_rows() -> Result<()> {
     let w = World::start().await?;
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 60_000, 0).await?;
+    seed_mixed(&lc, 60_000, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
     let (a, b) = tokio::join!(
         upload(&w.env, &["--batch-size", "1000"]),
@@ -253,7 +220,7 @@ async fn through_pgbouncer_in_transaction_mode() -> Result<()> {
     let out = run_cli(&env, &["migrate"], "migrate-pgbouncer").await?;
     assert!(out.ok, "{}", out.stderr);
     let (lc, rc) = (local.client().await?, remote.client().await?);
-    seed(&lc, 20_000, 0).await?;
+    seed_mixed(&lc, 20_000, 0, 0.0).await?;
     // One NaN the remote forbids, and some rows it already holds: both slow
     // paths (savepoints, UNNEST) go through the pooler too.
     lc.execute(
@@ -304,7 +271,7 @@ async fn poison_rows_are_quarantined_and_the_rest_goes_through() -> Result<()> {
            FOREIGN KEY (meter_id) REFERENCES meters(id);",
     )
     .await?;
-    seed(&lc, 10_000, 0).await?;
+    seed_mixed(&lc, 10_000, 0, 0.0).await?;
     let healthy = fingerprint(&lc, "meter_readings").await?;
     lc.batch_execute(
         "INSERT INTO meter_readings (meter_id, point, recorded_at, value) VALUES
@@ -341,7 +308,7 @@ async fn poison_rows_are_quarantined_and_the_rest_goes_through() -> Result<()> {
         "ALTER TABLE meter_readings ADD CONSTRAINT impossible CHECK (value < -1e12) NOT VALID",
     )
     .await?;
-    seed(&lc, 2_000, 50_000).await?;
+    seed_mixed(&lc, 2_000, 50_000, 0.0).await?;
     let out = run_cli(&w.env, &["upload"], "upload-mismatch").await?;
     assert!(!out.ok);
     assert!(out.stderr.contains("mismatch"), "{}", out.stderr);
@@ -354,7 +321,7 @@ async fn poison_rows_are_quarantined_and_the_rest_goes_through() -> Result<()> {
 async fn rows_committed_remotely_before_a_crash_count_as_already_present() -> Result<()> {
     let w = World::start().await?;
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 3_000, 0).await?;
+    seed_mixed(&lc, 3_000, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
     // The remote committed every third row, the local delete never happened.
     rc.execute(
@@ -396,7 +363,7 @@ async fn mcp_upload_readings_reports_progress_and_rejects_bad_arguments() -> Res
     use rmcp::ServiceExt;
     let w = World::start().await?;
     let lc = w.local.client().await?;
-    seed(&lc, 5_000, 0).await?;
+    seed_mixed(&lc, 5_000, 0, 0.0).await?;
     let wd = workdir();
     let (log, _) = log_file("mcp-upload")?;
     let (transport, _) =
@@ -453,7 +420,7 @@ async fn mcp_upload_readings_reports_progress_and_rejects_bad_arguments() -> Res
 async fn an_interrupt_stops_between_batches_with_nothing_half_done() -> Result<()> {
     let w = World::start().await?;
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
-    seed(&lc, 200_000, 0).await?;
+    seed_mixed(&lc, 200_000, 0, 0.0).await?;
     let wd = workdir();
     let child = metersync_cmd(&w.env, wd.path())
         .args(["upload", "--batch-size", "1000"])
