@@ -512,17 +512,13 @@ fn ts(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
-/// Reads this page's rows from one side, in a read-only transaction with
-/// the statement timeout set (unnamed statements only: pooler-safe).
-async fn in_read_only_tx(
-    db: &Databases,
+/// Opens a read-only transaction on `client` with [`STATEMENT_TIMEOUT_MS`]
+/// set for it alone (`SET LOCAL`: pooler-safe).
+async fn read_only_tx(
+    client: &mut tokio_postgres::Client,
     side: Side,
-    plan: &Plan,
-    local: bool,
-) -> Result<Vec<SideRow>, DbError> {
+) -> Result<tokio_postgres::Transaction<'_>, DbError> {
     let q = |e: tokio_postgres::Error| DbError::query(side, &e);
-    let mut obj = db.get(side).await?;
-    let client: &mut tokio_postgres::Client = &mut obj;
     let tx = client
         .build_transaction()
         .read_only(true)
@@ -534,6 +530,21 @@ async fn in_read_only_tx(
     ))
     .await
     .map_err(q)?;
+    Ok(tx)
+}
+
+/// Reads this page's rows from one side, in a read-only transaction with
+/// the statement timeout set (unnamed statements only: pooler-safe).
+async fn in_read_only_tx(
+    db: &Databases,
+    side: Side,
+    plan: &Plan,
+    local: bool,
+) -> Result<Vec<SideRow>, DbError> {
+    let q = |e: tokio_postgres::Error| DbError::query(side, &e);
+    let mut obj = db.get(side).await?;
+    let client: &mut tokio_postgres::Client = &mut obj;
+    let tx = read_only_tx(client, side).await?;
     // Where this side resumes: after the cursor, or at it when the cursor's
     // row came from the remote and this is the local side (remote rows sort
     // first at equal keys).
@@ -632,17 +643,7 @@ async fn seam_priors(db: &Databases, rows: &[SideRow]) -> Result<HashMap<usize, 
     let q = |e: tokio_postgres::Error| DbError::query(Side::Remote, &e);
     let mut obj = db.remote().await?;
     let client: &mut tokio_postgres::Client = &mut obj;
-    let tx = client
-        .build_transaction()
-        .read_only(true)
-        .start()
-        .await
-        .map_err(q)?;
-    tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"
-    ))
-    .await
-    .map_err(q)?;
+    let tx = read_only_tx(client, Side::Remote).await?;
     let idx: Vec<i32> = seams.iter().map(|s| s.0).collect();
     let meters: Vec<i64> = seams.iter().map(|s| s.1.meter_id).collect();
     let points: Vec<&str> = seams.iter().map(|s| s.1.point.as_str()).collect();
