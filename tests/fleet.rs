@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::daemon::wait_for;
 use common::rows::count;
 use common::*;
 use metersync::app::App;
@@ -20,22 +21,6 @@ fn app_for(env: &HashMap<String, String>) -> anyhow::Result<Arc<App>> {
 
 /// site_id, version, backlog, active, read, failed, has oldest age, fresh.
 type SiteRow = (String, String, i64, i32, i32, i32, bool, bool);
-
-/// Polls `f` every 200 ms until it is true or `secs` pass.
-async fn wait_for<F, Fut>(secs: u64, mut f: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await.unwrap_or(false) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
-}
 
 /// Seeds `n` readings of meter `meter` and its health row.
 async fn seed(c: &tokio_postgres::Client, meter: i64, n: i64, failures: i32) -> anyhow::Result<()> {
@@ -63,15 +48,7 @@ async fn seed(c: &tokio_postgres::Client, meter: i64, n: i64, failures: i32) -> 
 
 #[tokio::test]
 async fn heartbeat_rows_appear_through_pgbouncer_from_two_sites_at_once() -> anyhow::Result<()> {
-    let (local, remote) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
-        let l = std::thread::spawn(PgCluster::start);
-        let r = PgCluster::start()?;
-        let l = l
-            .join()
-            .map_err(|_| anyhow::anyhow!("cluster thread panicked"))??;
-        Ok((l, r))
-    })
-    .await??;
+    let (local, remote) = PgCluster::start_pair().await?;
     let bouncer = PgBouncer::start(&remote)?;
     local
         .client()
@@ -294,7 +271,7 @@ async fn health_and_metrics_follow_a_meter_going_down_and_the_remote_going_away(
             .await?
                 == 1)
         })
-        .await,
+        .await?,
         "the heartbeat row should appear"
     );
 
@@ -490,12 +467,12 @@ async fn a_quiet_daemon_closes_its_idle_remote_connections() -> anyhow::Result<(
                     && count(&remote, "SELECT count(*) FROM site_status").await? == 1,
             )
         })
-        .await,
+        .await?,
         "the first upload and heartbeat should reach the remote"
     );
     // ...then, with nothing to do for an hour, its connections are closed.
     assert!(
-        wait_for(30, || async { Ok(count(&remote, theirs).await? == 0) }).await,
+        wait_for(30, || async { Ok(count(&remote, theirs).await? == 0) }).await?,
         "idle remote connections should be closed; still open: {}",
         count(&remote, theirs).await?
     );

@@ -55,6 +55,19 @@ impl PgCluster {
         })
     }
 
+    /// Two clusters (local, remote), started side by side.
+    pub async fn start_pair() -> Result<(Self, Self)> {
+        tokio::task::spawn_blocking(|| -> Result<_> {
+            let l = std::thread::spawn(PgCluster::start);
+            let r = PgCluster::start()?;
+            let l = l
+                .join()
+                .map_err(|_| anyhow::anyhow!("cluster thread panicked"))??;
+            Ok((l, r))
+        })
+        .await?
+    }
+
     /// Stops the server at once (`-m immediate`): like a crash.
     pub fn stop(&self) -> Result<()> {
         Ok(self.inner.stop()?)
@@ -360,15 +373,7 @@ pub struct World {
 impl World {
     /// Starts both clusters and runs `metersync migrate`.
     pub async fn start() -> Result<Self> {
-        let (local, remote) = tokio::task::spawn_blocking(|| -> Result<_> {
-            let l = std::thread::spawn(PgCluster::start);
-            let r = PgCluster::start()?;
-            let l = l
-                .join()
-                .map_err(|_| anyhow::anyhow!("cluster thread panicked"))??;
-            Ok((l, r))
-        })
-        .await??;
+        let (local, remote) = PgCluster::start_pair().await?;
         let mut env = base_env();
         env.extend(local.env("SYNC"));
         env.extend(remote.env("CLIENT"));
