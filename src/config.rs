@@ -245,7 +245,7 @@ pub const BACNET_BBMD_TTL_S: Bounded = b("BACNET_BBMD_TTL_S", 300, 10, 65_535, U
 /// `COLLECT_CONCURRENCY`.
 pub const COLLECT_CONCURRENCY: Bounded = b("COLLECT_CONCURRENCY", 32, 1, 4096, Unit::Count);
 /// `UPLOAD_BATCH_SIZE`.
-pub const UPLOAD_BATCH_SIZE: Bounded = b("UPLOAD_BATCH_SIZE", 10_000, 1, 1_000_000, Unit::Count);
+pub const UPLOAD_BATCH_SIZE: Bounded = b("UPLOAD_BATCH_SIZE", 1_000_000, 1, 1_000_000, Unit::Count);
 /// `COLLECT_INTERVAL_S`.
 pub const COLLECT_INTERVAL_S: Bounded = b("COLLECT_INTERVAL_S", 60, 1, 86_400, Unit::Seconds);
 /// `UPLOAD_INTERVAL_S`.
@@ -475,7 +475,8 @@ pub struct Config {
     pub bacnet_retries: u32,
     /// `COLLECT_CONCURRENCY`: meters read at once.
     pub collect_concurrency: usize,
-    /// `UPLOAD_BATCH_SIZE`: readings per remote transaction.
+    /// `UPLOAD_BATCH_SIZE`: readings per remote transaction at most (a
+    /// streamed transaction also ends after 10 s of streaming).
     pub upload_batch_size: usize,
     /// `COLLECT_INTERVAL_S`: daemon collection period.
     #[serde(rename = "collect_interval_s", serialize_with = "secs")]

@@ -5,9 +5,10 @@
 //! - every checkout ([`Databases::local`], [`Databases::remote`]) connects
 //!   with the retry policy of [`crate::retry`], logging each failed attempt
 //!   with host, port, attempt and next delay, never the password;
-//! - a connection broken by a server restart is found by the recycle check
-//!   (a test query, not `DISCARD`, which a transaction-mode pooler may not
-//!   allow) and replaced on the next checkout, without restarting anything;
+//! - a connection broken by a server restart is found at checkout and
+//!   replaced, without restarting anything: locally by a test query (not
+//!   `DISCARD`, which a transaction-mode pooler may not allow), remotely by
+//!   the connection's closed state, without a round trip ([`recycling`]);
 //! - connections idle longer than `DB_POOL_IDLE_TIMEOUT_MS` are closed on the
 //!   next checkout;
 //! - errors name the side, host and port and say what to check; they carry
@@ -198,6 +199,22 @@ fn pool_error_cause(side: Side, e: &PoolError) -> (String, bool) {
 /// How long a checkout made after the shutdown signal may take.
 const AFTER_SHUTDOWN: Duration = Duration::from_millis(500);
 
+/// How a pooled connection is checked before it is handed out again.
+///
+/// Local (loopback): a test query, which costs nothing there. Remote: only
+/// whether the connection is closed, without a round trip (over a WAN the
+/// test query cost one round trip per checkout, and an upload call waited
+/// for it). A server or pooler restart closes its connections, which the
+/// client notices, so they are not handed out; a link that died silently
+/// fails the first statement, which the engines classify as transient (the
+/// upload retries it on a new connection).
+fn recycling(side: Side) -> RecyclingMethod {
+    match side {
+        Side::Local => RecyclingMethod::Verified,
+        Side::Remote => RecyclingMethod::Fast,
+    }
+}
+
 /// Per-database state: its pool and the counters `status()` reports.
 struct Handle {
     side: Side,
@@ -230,7 +247,7 @@ impl Handle {
             }
         });
         let mgr_cfg = ManagerConfig {
-            recycling_method: RecyclingMethod::Verified,
+            recycling_method: recycling(side),
         };
         if !crate::config::is_loopback(&cfg.host) {
             match cfg.sslmode {
@@ -527,7 +544,10 @@ impl Databases {
     }
 
     /// Connects one side with the retry policy (whatever the caller's
-    /// [`Patience`]: this is a first start) and runs a test query.
+    /// [`Patience`]: this is a first start) and, locally, runs a test query.
+    /// The remote gets none: connecting proved the credentials, and the
+    /// work's own first statement proves the rest (behind a pooler, the
+    /// server login) without a round trip of its own per call.
     ///
     /// Fails as [`Databases::initialize`] does, for that side only, or when
     /// the shutdown token is cancelled.
@@ -540,10 +560,12 @@ impl Databases {
                 &self.shutdown,
             )
             .await?;
-        client
-            .simple_query("SELECT 1")
-            .await
-            .map_err(|e| DbError::query(h.side, &e))?;
+        if side == Side::Local {
+            client
+                .simple_query("SELECT 1")
+                .await
+                .map_err(|e| DbError::query(h.side, &e))?;
+        }
         h.set_last_error(None);
         tracing::info!(side = %h.side, endpoint = %h.cfg.endpoint(), "database connected");
         Ok(())

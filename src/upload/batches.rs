@@ -62,10 +62,54 @@ async fn send_cancellable<D: Destination>(
 }
 
 /// Waits `delay` unless `cancel` fires first; returns whether it fired.
-async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+pub(super) async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,
         _ = cancel.cancelled() => true,
+    }
+}
+
+/// Opens `dest`, retrying a refused first statement.
+///
+/// Behind a transaction pooler the first statement is what logs a server
+/// connection in, so right after a remote restart the pooler refuses it for
+/// a while (PgBouncer's `server_login_retry`, 08P01): a transient refusal of
+/// that statement is retried with the same backoff as a batch, at most
+/// `max_resends` times.
+///
+/// Fails as [`Destination::open`] does, or with the refusal when the retries
+/// are used up or `cancel` fires.
+pub(super) async fn open<D: Destination>(
+    dest: &mut D,
+    max_resends: u32,
+    cancel: &CancellationToken,
+) -> Result<(), UploadError> {
+    let mut opens = 0u32;
+    loop {
+        match dest.open().await {
+            Ok(()) => return Ok(()),
+            // Only a refused statement: a connection that cannot be made
+            // follows the checkout's own policy (a side known down answers
+            // at once, see `db::Patience`).
+            Err(UploadError::Start { source })
+                if matches!(source, crate::db::DbError::Query { .. })
+                    && source.is_transient()
+                    && opens < max_resends
+                    && !cancel.is_cancelled() =>
+            {
+                let delay = crate::retry::backoff_delay(opens);
+                opens += 1;
+                tracing::warn!(
+                    attempt = opens,
+                    next_delay_ms = delay.as_millis() as u64,
+                    "the remote refused the upload's first statement, trying again after the backoff: {source}"
+                );
+                if backoff(delay, cancel).await {
+                    return Err(UploadError::Start { source });
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -96,37 +140,7 @@ pub(super) async fn run_batches<D: Destination + Send>(
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    // Behind a transaction pooler the first statement is what logs a server
-    // connection in, so right after a remote restart the pooler refuses it
-    // for a while (PgBouncer's `server_login_retry`, 08P01): a transient
-    // refusal of that statement is retried with the same backoff as a batch.
-    let mut opens = 0u32;
-    loop {
-        match dest.open().await {
-            Ok(()) => break,
-            // Only a refused statement: a connection that cannot be made
-            // follows the checkout's own policy (a side known down answers
-            // at once, see `db::Patience`).
-            Err(UploadError::Start { source })
-                if matches!(source, crate::db::DbError::Query { .. })
-                    && source.is_transient()
-                    && opens < max_resends
-                    && !cancel.is_cancelled() =>
-            {
-                let delay = crate::retry::backoff_delay(opens);
-                opens += 1;
-                tracing::warn!(
-                    attempt = opens,
-                    next_delay_ms = delay.as_millis() as u64,
-                    "the remote refused the upload's first statement, trying again after the backoff: {source}"
-                );
-                if backoff(delay, cancel).await {
-                    return Err(UploadError::Start { source });
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    open(dest, max_resends, cancel).await?;
     // How many rows the next claim may take.
     let want = |claimed: u64| match max_rows {
         _ if cancel.is_cancelled() => 0,

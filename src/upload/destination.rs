@@ -19,8 +19,11 @@ use std::future::Future;
 
 use deadpool_postgres::Object;
 
+use tokio_util::sync::CancellationToken;
+
 use super::local::Reading;
 use super::remote::{self, SendError, Sent};
+use super::stream::{self, ChunkLimits, StreamError, Streamed};
 use super::UploadError;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
@@ -37,6 +40,26 @@ pub(super) trait Destination {
     /// Forgets the connection: a send was abandoned mid-way (cancellation),
     /// so its state is unknown and it must not be reused.
     fn abandon(&mut self);
+    /// Whether [`Destination::stream`] is supported.
+    fn streams(&self) -> bool {
+        false
+    }
+    /// Streams one chunk of the backlog from `local` (see
+    /// [`super::stream`]) and commits it on both sides, calling `sent` with
+    /// the chunk's rows sent so far after each claim. `local` is closed,
+    /// not returned to the pool, when this fails, so its transaction rolls
+    /// back. After an error the destination must be opened again.
+    fn stream(
+        &mut self,
+        local: Object,
+        after: i64,
+        limits: ChunkLimits,
+        cancel: &CancellationToken,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> impl Future<Output = Result<Streamed, StreamError>> + Send {
+        let _ = (local, after, limits, cancel, sent);
+        async { Err(StreamError::Unsupported) }
+    }
 }
 
 /// The remote PostgreSQL (directly or through a transaction-mode pooler).
@@ -107,5 +130,61 @@ impl Destination for PgDestination<'_> {
 
     fn abandon(&mut self) {
         self.discard();
+    }
+
+    fn streams(&self) -> bool {
+        true
+    }
+
+    async fn stream(
+        &mut self,
+        local: Object,
+        after: i64,
+        limits: ChunkLimits,
+        cancel: &CancellationToken,
+        sent: &(dyn Fn(u64) + Sync),
+    ) -> Result<Streamed, StreamError> {
+        let local = Closing(Some(local));
+        let Some(remote) = self.client.as_ref() else {
+            return Err(StreamError::Remote {
+                error: not_connected(),
+                rows: 0,
+            });
+        };
+        let Some(l) = local.0.as_ref() else {
+            return Err(StreamError::Unsupported);
+        };
+        let r = stream::send_chunk(l, remote, self.site_id, after, limits, cancel, sent).await;
+        match r {
+            Ok(done) => {
+                local.keep();
+                Ok(done)
+            }
+            Err(e) => {
+                // Both transactions' states are unknown: close both
+                // connections (the local one when `local` drops).
+                self.discard();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A local connection closed when dropped (so an open transaction rolls
+/// back on the server) unless [`Closing::keep`] returns it to the pool.
+struct Closing(Option<Object>);
+
+impl Closing {
+    /// Returns the connection to the pool (its transaction has ended).
+    fn keep(mut self) {
+        drop(self.0.take());
+    }
+}
+
+impl Drop for Closing {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.take() {
+            drop(Object::take(c));
+        }
     }
 }

@@ -79,9 +79,12 @@
 
 mod batches;
 mod destination;
+mod flow;
+mod frame;
 mod local;
 pub mod reject;
 mod remote;
+mod stream;
 
 pub use remote::{deadline, CLIENT_GRACE, DEADLINE_BASE, DEADLINE_PER_ROW};
 
@@ -97,7 +100,7 @@ use crate::runs;
 
 /// The largest batch accepted: one batch is held in memory and in one
 /// remote transaction, so this bounds both.
-pub const MAX_BATCH_SIZE: usize = 100_000;
+pub const MAX_BATCH_SIZE: usize = 1_000_000;
 
 /// How many quarantined rows a report lists (the count is always exact).
 pub const QUARANTINE_LIST_CAP: usize = 100;
@@ -355,17 +358,15 @@ pub async fn upload(
     let start = |source: DbError| UploadError::Start { source };
     let run = runs::Run::start(&app.db, "upload").await.map_err(start)?;
     let mut dest = destination::PgDestination::new(&app.db, app.config.site_id.as_deref());
-    let result = batches::run_batches(
-        &app.db,
-        &mut dest,
-        app.config.pool.max_retries,
+    let call = flow::Call {
+        db: &app.db,
+        max_resends: app.config.pool.max_retries,
         batch_size,
-        opts.max_rows,
+        max_rows: opts.max_rows,
         progress,
         cancel,
-        Instant::now(),
-    )
-    .await;
+    };
+    let result = flow::run(&call, &mut dest, Instant::now()).await;
     run.finish(&app.db, &result).await;
     match &result {
         Ok(r) => tracing::info!(
@@ -397,7 +398,7 @@ mod tests {
     fn batch_size_bounds_name_the_argument() {
         assert_eq!(opts(None, None).batch_size(10_000).ok(), Some(10_000));
         assert_eq!(
-            opts(None, None).batch_size(500_000).ok(),
+            opts(None, None).batch_size(2_000_000).ok(),
             Some(MAX_BATCH_SIZE)
         );
         assert_eq!(opts(Some(1), Some(1)).batch_size(10).ok(), Some(1));
