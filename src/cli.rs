@@ -65,7 +65,7 @@ enum Command {
     /// Upload the local backlog to the remote, exactly once; prints the
     /// report as JSON. Ctrl-C or SIGTERM stops between batches.
     Upload {
-        /// Rows per remote transaction, 1 to 100000 (default UPLOAD_BATCH_SIZE).
+        /// Rows per remote transaction at most, 1 to 1000000 (default UPLOAD_BATCH_SIZE); a streamed transaction also ends after 10 s.
         #[arg(long)]
         batch_size: Option<usize>,
         /// Stop after this many rows, at least 1 (default: the whole backlog).

@@ -403,7 +403,7 @@ async fn mcp_upload_readings_reports_progress_and_rejects_bad_arguments() -> Res
 
     for (args, name) in [
         (json!({"batch_size": 0}), "batch_size"),
-        (json!({"batch_size": 100001}), "batch_size"),
+        (json!({"batch_size": 1_000_001}), "batch_size"),
         (json!({"batch_size": -5}), "batch_size"),
         (json!({"max_rows": 0}), "max_rows"),
         (json!({"bogus": 1}), "bogus"),

@@ -14,9 +14,10 @@ use crate::upload::{UploadOptions, UploadReport};
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UploadArgs {
-    /// Rows per remote transaction, 1 to 100000. Default: UPLOAD_BATCH_SIZE
-    /// (10000). Smaller batches report progress more often; larger ones are
-    /// faster.
+    /// Rows per remote transaction at most, 1 to 1000000. Default:
+    /// UPLOAD_BATCH_SIZE (1000000). Rows are streamed; a transaction also
+    /// ends after 10 s of streaming. Smaller transactions cost more round
+    /// trips over a WAN.
     pub batch_size: Option<i64>,
     /// Stop after this many rows (at least 1). Default: the whole backlog.
     pub max_rows: Option<i64>,
