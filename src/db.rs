@@ -8,7 +8,7 @@
 //! - a connection broken by a server restart is found at checkout and
 //!   replaced, without restarting anything: locally by a test query (not
 //!   `DISCARD`, which a transaction-mode pooler may not allow), remotely by
-//!   the connection's closed state, without a round trip ([`recycling`]);
+//!   the connection's closed state, without a round trip (`recycling`);
 //! - connections idle longer than `DB_POOL_IDLE_TIMEOUT_MS` are closed on the
 //!   next checkout;
 //! - errors name the side, host and port and say what to check; they carry

@@ -403,14 +403,23 @@ async fn daemon_stops_within_5s_when_the_link_freezes_mid_upload_and_nothing_is_
     let link = Proxy::start(w.remote.port).await?;
     let mut env = w.env.clone();
     env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
-    env.insert("UPLOAD_BATCH_SIZE".into(), "1000".into());
+    // Streamed transactions of 100,000 rows (a second or more each): the
+    // freeze below hits one mid-stream.
+    env.insert("UPLOAD_BATCH_SIZE".into(), "100000".into());
     env.insert("COLLECT_INTERVAL_S".into(), "3600".into());
     env.insert("DOWNLOAD_INTERVAL_S".into(), "3600".into());
     env.insert("BACNET_BIND".into(), "127.0.0.1:0".into());
     let (mut child, log, _wd) = spawn_daemon(&env, "outage-frozen-mid-upload")?;
     let remote = w.remote.client().await?;
+    // The remote is inside a COPY of ours: rows are flowing.
     let started = wait_for(30, || async {
-        Ok(count(&remote, "SELECT count(*) FROM meter_readings").await? > 0)
+        Ok(count(
+            &remote,
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' \
+             AND query LIKE 'COPY meter_readings%'",
+        )
+        .await?
+            > 0)
     })
     .await?;
     assert!(started, "the upload should start");

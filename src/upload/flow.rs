@@ -239,11 +239,12 @@ pub(super) async fn run<D: Destination + Send>(
                     .await
                     .map_err(|e| shift(e, &report))?;
             }
-            Some(Err(StreamError::Remote { error, .. })) if !error.is_transient() => {
+            Some(Err(StreamError::Remote { error, rows })) if !error.is_transient() => {
                 call.db.note_error(Side::Remote, &error.to_string());
                 tracing::info!(
                     batch = report.batches + 1,
-                    "the remote did not take the streamed chunk ({error}); sending its rows by batches"
+                    rows_sent = rows,
+                    "the remote did not take the streamed chunk ({error}); sending the rest of the backlog by batches"
                 );
                 // The rest of the call goes by batches: the batch loop
                 // opens the destination again (with the retry policy) and

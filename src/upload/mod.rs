@@ -1,7 +1,16 @@
 //! The upload engine: moves meter readings from the local backlog
-//! (`meter_readings`) to the remote, exactly once, in batches.
+//! (`meter_readings`) to the remote, exactly once.
 //!
-//! One batch is:
+//! Two paths ([`flow`] chooses):
+//! - **the stream** ([`stream`]), the common case: one remote transaction
+//!   fed straight from local `COPY (DELETE … RETURNING …) TO STDOUT` claims,
+//!   re-framed on the fly ([`frame`]), three round trips per transaction
+//!   whatever its size, no batch held in memory;
+//! - **the batch path** (below, [`batches`]) for what the remote refuses
+//!   from a stream: re-sends after a crash, bad rows, conflicts, a table
+//!   that does not fit.
+//!
+//! One batch of the batch path is:
 //! 1. **claim** (local): in a local transaction, one statement locks the next
 //!    `batch_size` rows by id (`FOR UPDATE SKIP LOCKED`) and deletes exactly
 //!    those rows, returning them. The transaction stays open until step 3:
@@ -60,11 +69,13 @@
 //!   `meter_readings_conflicts` (the remote row is never overwritten);
 //! - rows that arrive locally during an upload are deleted only if uploaded;
 //! - two uploaders never send the same rows (row locks, `SKIP LOCKED`);
-//! - memory grows with the batch size, not with the backlog;
+//! - memory does not grow with the backlog: the stream holds a few 64 KiB
+//!   buffers, the batch path at most [`flow::MAX_HELD_ROWS`] rows a batch;
 //! - every remote transaction has a deadline derived from its size
 //!   (`SET LOCAL statement_timeout` and a client-side I/O deadline, see
 //!   [`deadline`]): a frozen link fails the batch, which stays local;
-//! - cancellation is honoured between batches: every committed batch is
+//! - cancellation is honoured between claims and batches: every committed
+//!   chunk or batch is
 //!   uploaded and deleted, nothing is half-done; a send that does not finish
 //!   within [`CANCEL_GRACE`] of the cancellation is abandoned (its rows stay
 //!   local; a later re-send finds whatever the remote committed);
@@ -98,8 +109,8 @@ use crate::db::DbError;
 use crate::progress::Progress;
 use crate::runs;
 
-/// The largest batch accepted: one batch is held in memory and in one
-/// remote transaction, so this bounds both.
+/// The largest batch accepted: the most rows one remote transaction
+/// carries (rows are streamed, so this does not set the memory).
 pub const MAX_BATCH_SIZE: usize = 1_000_000;
 
 /// How many quarantined rows a report lists (the count is always exact).

@@ -140,7 +140,7 @@ fn stalled(what: &str, rows: u64) -> StreamError {
         error: DbError::Query {
             side: Side::Remote,
             cause: format!(
-                "no progress from the remote for {:.0} s while {what} (the link may be frozen or the server overloaded)",
+                "no progress from the remote within the deadline of {:.0} s while {what} (the link may be frozen or the server overloaded)",
                 (STALL + CLIENT_GRACE).as_secs_f64()
             ),
             transient: true,
@@ -172,11 +172,14 @@ pub(super) async fn send_chunk(
     );
     // BEGIN and the COPY's prepare leave together.
     let remote_start = || async {
-        let (b, sink) = tokio::join!(
-            remote.batch_execute(&begin),
-            remote.copy_in::<_, Bytes>(COPY_IN)
-        );
-        match tokio::time::timeout(wait, async { b.and(sink) }).await {
+        let both = async {
+            let (b, sink) = tokio::join!(
+                remote.batch_execute(&begin),
+                remote.copy_in::<_, Bytes>(COPY_IN)
+            );
+            b.and(sink)
+        };
+        match tokio::time::timeout(wait, both).await {
             Ok(Ok(sink)) => Ok(sink),
             Ok(Err(e)) => Err(remote_err(&e, 0)),
             Err(_) => Err(stalled("starting the COPY", 0)),
