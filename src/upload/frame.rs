@@ -226,9 +226,11 @@ fn be_i32(b: &[u8]) -> i32 {
 mod tests {
     use super::*;
 
-    /// A local binary COPY stream of rows `(id, meter, point, micros,
-    /// value, unit)`.
-    fn local(rows: &[(i64, i64, &str, i64, f64, Option<&str>)]) -> Vec<u8> {
+    /// A local row: id, meter, point, micros, value, unit.
+    type Row = (i64, i64, &'static str, i64, f64, Option<&'static str>);
+
+    /// A local binary COPY stream of `rows`.
+    fn local(rows: &[Row]) -> Vec<u8> {
         let mut b = BytesMut::new();
         Reframer::header(&mut b);
         for (id, m, p, t, v, u) in rows {
@@ -255,7 +257,7 @@ mod tests {
         b.to_vec()
     }
 
-    const ROWS: [(i64, i64, &str, i64, f64, Option<&str>); 3] = [
+    const ROWS: [Row; 3] = [
         (7, 1, "energy_kwh", 10, 1.5, Some("kWh")),
         (9, 2, "power", 20, -2.0, None),
         (8, 3, "p", 30, 0.0, Some("")),
