@@ -29,6 +29,7 @@
 use serde::Serialize;
 use tokio_postgres::types::Type;
 
+use crate::capped;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 
@@ -38,7 +39,8 @@ pub const MAX_LIMIT: i64 = 500;
 pub const DEFAULT_LIMIT: i64 = 50;
 /// The most rows one requeue or discard moves (one local transaction).
 pub const MAX_REQUEUE: usize = 10_000;
-/// How many ids a report lists (the counts are always exact).
+/// How many ids each list of a report holds; the rest are counted in its
+/// `_omitted` field (the counts are always exact).
 pub const ID_LIST_CAP: usize = 100;
 
 /// Which table of set-aside readings.
@@ -182,11 +184,17 @@ pub struct RequeueReport {
     pub discarded: u64,
     /// The first ids moved or discarded (at most 100).
     pub ids: Vec<i64>,
+    /// Moved or discarded ids left out of `ids`.
+    pub ids_omitted: u64,
     /// Ids left where they are because a reading with the same key is
     /// already waiting in the backlog (at most 100 listed).
     pub kept: Vec<i64>,
+    /// Kept ids left out of `kept`.
+    pub kept_omitted: u64,
     /// Ids asked for that are not in the table (at most 100 listed).
     pub not_found: Vec<i64>,
+    /// Missing ids left out of `not_found`.
+    pub not_found_omitted: u64,
     /// Rows still in the table after this call.
     pub remaining: i64,
 }
@@ -344,12 +352,14 @@ pub async fn requeue(
     }
     let mut report = RequeueReport::default();
     if let Selection::Ids(ids) = &selection {
-        report.not_found = ids
-            .iter()
-            .filter(|i| found.binary_search(i).is_err())
-            .take(ID_LIST_CAP)
-            .copied()
-            .collect();
+        capped::extend(
+            &mut report.not_found,
+            &mut report.not_found_omitted,
+            ID_LIST_CAP,
+            ids.iter()
+                .filter(|i| found.binary_search(i).is_err())
+                .copied(),
+        );
     }
     let moved: Vec<i64> = match action {
         Action::Requeue => {
@@ -401,24 +411,32 @@ pub async fn requeue(
     tx.commit().await.map_err(q)?;
     let mut sorted = moved.clone();
     sorted.sort_unstable();
-    report.kept = found
-        .iter()
-        .filter(|i| sorted.binary_search(i).is_err())
-        .take(ID_LIST_CAP)
-        .copied()
-        .collect();
+    capped::extend(
+        &mut report.kept,
+        &mut report.kept_omitted,
+        ID_LIST_CAP,
+        found
+            .iter()
+            .filter(|i| sorted.binary_search(i).is_err())
+            .copied(),
+    );
     match action {
         Action::Requeue => report.requeued = moved.len() as u64,
         Action::Discard => report.discarded = moved.len() as u64,
     }
-    report.ids = sorted.into_iter().take(ID_LIST_CAP).collect();
+    capped::extend(
+        &mut report.ids,
+        &mut report.ids_omitted,
+        ID_LIST_CAP,
+        sorted,
+    );
     report.remaining = remaining;
     tracing::info!(
         shelf = table,
         requeued = report.requeued,
         discarded = report.discarded,
-        kept = report.kept.len(),
-        not_found = report.not_found.len(),
+        kept = report.kept.len() as u64 + report.kept_omitted,
+        not_found = report.not_found.len() as u64 + report.not_found_omitted,
         "set-aside readings handled"
     );
     Ok(report)
