@@ -239,11 +239,14 @@ pub(crate) async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOu
 
 /// Collects the meters `opts` names into the local database.
 ///
+/// Reads through the app's BACnet client ([`App::bacnet`], bound on first
+/// use).
+///
 /// Fails only when the run cannot start (unknown meter ids, local database
-/// unreachable) or the final write fails; meter failures are in the report.
+/// unreachable, BACNET_BIND cannot be bound) or the final write fails; meter
+/// failures are in the report.
 pub async fn collect(
     app: &App,
-    client: &dyn BacnetClient,
     opts: CollectOptions,
     progress: &dyn Progress,
     cancel: &CancellationToken,
@@ -252,6 +255,8 @@ pub async fn collect(
     if opts.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
         return Err(CollectError::NoMeterIds);
     }
+    let client = app.bacnet().await?;
+    let client: &dyn BacnetClient = client.as_ref();
     // The collector never waits for the local database (one attempt per
     // step): while it is down, the last meter list is read and the readings
     // are held in memory (crate::collect_buffer).
@@ -412,6 +417,9 @@ pub enum ReadError {
         /// What is wrong.
         error: String,
     },
+    /// The BACnet socket could not be opened (BACNET_BIND).
+    #[error(transparent)]
+    Socket(#[from] bacnet::BacnetError),
     /// The device could not be read.
     #[error("meter {id}: {source}")]
     Bacnet {
@@ -426,16 +434,14 @@ pub enum ReadError {
     Db(#[from] DbError),
 }
 
-/// Reads meter `meter_id` (active or not) now and returns its points;
-/// stores nothing.
+/// Reads meter `meter_id` (active or not) now through the app's BACnet
+/// client and returns its points; stores nothing.
 ///
-/// Fails when the meter does not exist, is misconfigured, or does not answer.
-pub async fn read_live(
-    app: &App,
-    client: &dyn BacnetClient,
-    meter_id: i64,
-) -> Result<LiveRead, ReadError> {
+/// Fails when BACNET_BIND cannot be bound, or the meter does not exist, is
+/// misconfigured, or does not answer.
+pub async fn read_live(app: &App, meter_id: i64) -> Result<LiveRead, ReadError> {
     let started = Instant::now();
+    let client = app.bacnet().await?;
     let c = app.db.local().await?;
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let row = c
@@ -459,7 +465,7 @@ pub async fn read_live(
             }
         })?;
     let read_at = Utc::now();
-    let points = bacnet::read_meter(client, def.device(), &def.points)
+    let points = bacnet::read_meter(client.as_ref(), def.device(), &def.points)
         .await
         .map_err(|source| ReadError::Bacnet {
             id: meter_id,
