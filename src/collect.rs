@@ -677,3 +677,6 @@ async fn insert_readings(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests;
