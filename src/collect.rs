@@ -22,6 +22,7 @@
 //!   stored (see `store`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -150,10 +151,12 @@ pub(crate) struct MeterOutcome {
     pub meter_id: i64,
     /// The shared timestamp of its readings.
     pub recorded_at: DateTime<Utc>,
-    /// Its good readings: (point, value, unit).
-    pub readings: Vec<(String, f64, Option<String>)>,
-    /// Points read but not stored.
-    pub problems: Vec<(String, String)>,
+    /// Its good readings: (point, value, unit); the names and units are
+    /// shared with the meter definition and the meter cache, not copied per
+    /// reading.
+    pub readings: Vec<(Arc<str>, f64, Option<Arc<str>>)>,
+    /// Points read but not stored: (point, why).
+    pub problems: Vec<(Arc<str>, String)>,
     /// Why the meter failed, if it did.
     pub error: Option<String>,
 }
@@ -340,7 +343,7 @@ pub async fn collect(
                 LIST_CAP,
                 || PointProblem {
                     meter_id: o.meter_id,
-                    point: point.clone(),
+                    point: point.to_string(),
                     error: error.clone(),
                 },
             );
@@ -601,14 +604,14 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, S
         .await
         .map_err(q)?;
     let h_ids: Vec<i64> = outcomes.iter().map(|o| o.meter_id).collect();
-    let h_errors: Vec<Option<String>> = outcomes
+    let h_errors: Vec<Option<&str>> = outcomes
         .iter()
         .map(|o| {
             refused
                 .iter()
                 .find(|(id, _)| *id == o.meter_id)
-                .map(|(_, e)| e.clone())
-                .or_else(|| o.error.clone())
+                .map(|(_, e)| e.as_str())
+                .or(o.error.as_deref())
         })
         .collect();
     tx.execute_typed(
@@ -654,7 +657,7 @@ async fn insert_readings(
     for o in meters {
         for (p, v, u) in &o.readings {
             ids.push(o.meter_id);
-            points.push(p.as_str());
+            points.push(&**p);
             times.push(o.recorded_at);
             values.push(*v);
             units.push(u.as_deref());

@@ -7,6 +7,7 @@
 //! otherwise it carries the reason in `error` and no value, so nothing
 //! doubtful is billed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -28,12 +29,15 @@ const DISCOVERY_CONCURRENCY: usize = 32;
 /// The outcome of reading one point.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PointReading {
-    /// The point's configured name.
-    pub name: String,
+    /// The point's configured name (shared with the meter definition).
+    #[schemars(with = "String")]
+    pub name: Arc<str>,
     /// The value (accumulators already multiplied by their scale); `None` when `error` is set.
     pub value: Option<f64>,
-    /// Readable unit (kWh, kW, V, A, Hz, ...), when the object has units.
-    pub unit: Option<String>,
+    /// Readable unit (kWh, kW, V, A, Hz, ...), when the object has units
+    /// (shared with the meter cache: learned once per meter definition).
+    #[schemars(with = "Option<String>")]
+    pub unit: Option<Arc<str>>,
     /// Why there is no value: e.g. `unknown-object`, `status-flags: fault`, `reliability: over-range`.
     pub error: Option<String>,
 }
@@ -125,7 +129,7 @@ pub async fn read_meter(
             let mut meta = Vec::with_capacity(points.len());
             for scale_at in &scaled {
                 let unit = match results.get(at) {
-                    Some(Ok(Value::Enumerated(u))) => unit_symbol(*u),
+                    Some(Ok(Value::Enumerated(u))) => unit_symbol(*u).map(Arc::from),
                     _ => None,
                 };
                 at += 1;
@@ -138,6 +142,7 @@ pub async fn read_meter(
                 };
                 meta.push(PointMeta { unit, scale });
             }
+            let meta: Arc<[PointMeta]> = meta.into();
             if let Some(cache) = cache {
                 cache.put(device, points, meta.clone());
             }
