@@ -464,4 +464,60 @@ mod tests {
         assert!(e(Selection::from_args(Some(vec![]), false).map(|_| ())).contains("ids"));
         assert_eq!(Selection::from_args(None, true).ok(), Some(Selection::All));
     }
+
+    /// Every list of a requeue report stops at [`ID_LIST_CAP`] and counts
+    /// the rest, against a real local cluster.
+    #[tokio::test]
+    async fn each_list_of_a_requeue_report_is_capped_and_counts_the_rest() {
+        const PW: &str = "unit-test-pw";
+        let cluster = tokio::task::spawn_blocking(|| crate::demo::cluster::Cluster::start(PW))
+            .await
+            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
+            .unwrap_or_else(|e| panic!("cluster: {e}"));
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("POSTGRES_SYNC_HOST".to_string(), "127.0.0.1".to_string());
+        vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
+        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
+        vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
+        let config =
+            crate::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
+        crate::migrate::apply(&db, Side::Local, crate::migrate::LOCAL)
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        let admin = cluster
+            .connect(PW)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        // 250 quarantined rows; the keys of 131..=250 already wait in the
+        // backlog (under other ids), so those are kept.
+        admin
+            .batch_execute(
+                "INSERT INTO meter_readings_quarantine (id, meter_id, point, recorded_at, value, error)
+                 SELECT g, 1, 'p', timestamptz '2026-01-01 00:00+00' + g * interval '1 s', g, 'bad'
+                 FROM generate_series(1, 250) g;
+                 INSERT INTO meter_readings (id, meter_id, point, recorded_at, value)
+                 SELECT 10000 + g, 1, 'p', timestamptz '2026-01-01 00:00+00' + g * interval '1 s', g
+                 FROM generate_series(131, 250) g;",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("seed: {e}"));
+        let r = requeue(
+            &db,
+            Shelf::Quarantine,
+            Selection::Ids((1..=400).collect()),
+            Action::Requeue,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("requeue: {e}"));
+        assert_eq!(r.requeued, 130);
+        assert_eq!(r.ids, (1..=100).collect::<Vec<i64>>());
+        assert_eq!(r.ids_omitted, 30);
+        assert_eq!(r.kept, (131..=230).collect::<Vec<i64>>());
+        assert_eq!(r.kept_omitted, 20);
+        assert_eq!(r.not_found, (251..=350).collect::<Vec<i64>>());
+        assert_eq!(r.not_found_omitted, 50);
+        assert_eq!(r.remaining, 120);
+        db.close();
+    }
 }
