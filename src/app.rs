@@ -1,6 +1,12 @@
 //! The application context shared by the MCP server, the daemon and the
 //! CLI: the configuration, the two database pools and the BACnet client. Each front end builds
-//! one [`App`] and calls the same engine functions with it.
+//! one [`App`] and calls the same engine functions with it; the engines take
+//! what they need from it (the BACnet client included), so no front end
+//! fetches a client to hand back.
+//!
+//! The BACnet client is an `Arc<dyn BacnetClient>`: the real app binds a
+//! [`UdpClient`] on BACNET_BIND on first use (a status report never binds
+//! it); tests build an [`App::with_bacnet`] holding an in-memory client.
 //!
 //! It also holds the start policy ([`App::start_for`]): which database each
 //! kind of work needs at start, so that local work never waits for the
@@ -12,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::bacnet::{BacnetConfig, BacnetError, UdpClient};
+use crate::bacnet::{BacnetClient, BacnetConfig, BacnetError, UdpClient};
 use crate::collect_buffer::CollectBuffer;
 use crate::config::{Config, Side};
 use crate::db::{Databases, DbError, Patience};
@@ -69,8 +75,9 @@ pub struct App {
     pub db: Databases,
     /// The Prometheus registry the daemon serves on `/metrics`.
     pub metrics: crate::metrics::Metrics,
-    /// The BACnet/IP client, bound on first use (BACNET_BIND).
-    bacnet: OnceCell<Arc<UdpClient>>,
+    /// The BACnet client: a [`UdpClient`] bound on first use (BACNET_BIND),
+    /// or the one given to [`App::with_bacnet`].
+    bacnet: OnceCell<Arc<dyn BacnetClient>>,
     /// The collector's memory across runs (last meter list, held readings).
     pub collect_buffer: CollectBuffer,
 }
@@ -80,12 +87,30 @@ impl App {
     ///
     /// Fails only on an unusable TLS setting.
     pub fn new(config: Config) -> Result<Arc<Self>, DbError> {
+        Self::build(config, OnceCell::new())
+    }
+
+    /// Builds the context with `bacnet` as its BACnet client (an in-memory
+    /// client in tests): nothing is bound, BACNET_BIND is not used.
+    ///
+    /// Fails only on an unusable TLS setting.
+    pub fn with_bacnet(
+        config: Config,
+        bacnet: Arc<dyn BacnetClient>,
+    ) -> Result<Arc<Self>, DbError> {
+        Self::build(config, OnceCell::new_with(Some(bacnet)))
+    }
+
+    fn build(
+        config: Config,
+        bacnet: OnceCell<Arc<dyn BacnetClient>>,
+    ) -> Result<Arc<Self>, DbError> {
         let db = Databases::new(&config)?;
         Ok(Arc::new(App {
             config,
             db,
             metrics: crate::metrics::Metrics::new(),
-            bacnet: OnceCell::new(),
+            bacnet,
             collect_buffer: CollectBuffer::new(),
         }))
     }
@@ -129,18 +154,19 @@ impl App {
 
     /// The BACnet client's counters, if its socket is bound.
     pub fn bacnet_stats(&self) -> Option<crate::bacnet::ClientStats> {
-        self.bacnet.get().map(|c| c.stats())
+        self.bacnet.get()?.socket_status()?.stats
     }
 
     /// The BACnet client if its socket is already bound (status reports never bind it).
-    pub fn bacnet_if_bound(&self) -> Option<Arc<UdpClient>> {
+    pub fn bacnet_if_bound(&self) -> Option<Arc<dyn BacnetClient>> {
         self.bacnet.get().cloned()
     }
 
-    /// The shared BACnet client, binding its socket on first use.
+    /// The shared BACnet client, binding its socket on first use. Engines
+    /// call it; front ends do not.
     ///
     /// Fails when BACNET_BIND cannot be bound (the error says what to change).
-    pub async fn bacnet(&self) -> Result<Arc<UdpClient>, BacnetError> {
+    pub async fn bacnet(&self) -> Result<Arc<dyn BacnetClient>, BacnetError> {
         self.bacnet
             .get_or_try_init(|| async {
                 let cfg = BacnetConfig {
@@ -151,7 +177,8 @@ impl App {
                     bbmd: self.config.bacnet_bbmd,
                     bbmd_ttl: self.config.bacnet_bbmd_ttl,
                 };
-                UdpClient::bind(cfg).await.map(Arc::new)
+                let client: Arc<dyn BacnetClient> = Arc::new(UdpClient::bind(cfg).await?);
+                Ok(client)
             })
             .await
             .cloned()

@@ -302,21 +302,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Collect { meter_ids, dry_run } => {
             let app = start(Work::Collect).await?;
-            let client = app.bacnet().await?;
             let opts = metersync::collect::CollectOptions {
                 meter_ids: (!meter_ids.is_empty()).then_some(meter_ids),
                 dry_run,
             };
             let cancel = app.shutdown();
-            let r = metersync::collect::collect(
-                &app,
-                client.as_ref(),
-                opts,
-                &LogProgress("collect"),
-                &cancel,
-            )
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let r = metersync::collect::collect(&app, opts, &LogProgress("collect"), &cancel)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             print_json(&r)?;
             app.db.close();
         }
@@ -325,12 +318,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             timeout_ms,
         } => {
             let app = load()?;
-            let client = app.bacnet().await?;
             let shutdown = app.shutdown();
             let found = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => anyhow::bail!("discovery interrupted by a signal"),
-                r = metersync::bacnet::discover(client.as_ref(), address.as_deref(), timeout_ms) => r?,
+                r = metersync::devices::discover(&app, address.as_deref(), timeout_ms) => r?,
             };
             print_json(&found)?;
         }
@@ -351,14 +343,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             cursor,
         } => {
             let app = load()?;
-            let client = app.bacnet().await?;
-            let d = metersync::bacnet::describe::describe(
-                &client,
+            let d = metersync::devices::describe(
+                &app,
                 &address,
                 device_instance,
                 limit,
                 cursor.as_deref(),
-                app.config.bacnet_timeout,
             )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;

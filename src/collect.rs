@@ -1,5 +1,8 @@
 //! The collector: reads every active meter's points over BACnet/IP and
 //! stores them as readings in the local `meter_readings`, ready for upload.
+//! It reads through the app's BACnet client ([`App::bacnet`]), so its unit
+//! tests run it against a real local PostgreSQL and an in-memory network
+//! (`App::with_bacnet`).
 //!
 //! Guarantees:
 //! - meters are read in parallel, up to `COLLECT_CONCURRENCY` at once, one
@@ -19,9 +22,13 @@
 //!   names short enough for the readings index, readable object types...)
 //!   before it is read, and should the database still refuse its readings,
 //!   they are retried meter by meter under savepoints so the others' are
-//!   stored (see `store`).
+//!   stored (see `store`);
+//! - per point and run, a reading shares its name and unit (`Arc<str>`)
+//!   with the meter definition and the meter cache instead of copying them
+//!   (`examples/bench_collect_alloc.rs` counts the allocations).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{DateTime, SubsecRound, Utc};
@@ -150,10 +157,12 @@ pub(crate) struct MeterOutcome {
     pub meter_id: i64,
     /// The shared timestamp of its readings.
     pub recorded_at: DateTime<Utc>,
-    /// Its good readings: (point, value, unit).
-    pub readings: Vec<(String, f64, Option<String>)>,
-    /// Points read but not stored.
-    pub problems: Vec<(String, String)>,
+    /// Its good readings: (point, value, unit); the names and units are
+    /// shared with the meter definition and the meter cache, not copied per
+    /// reading.
+    pub readings: Vec<(Arc<str>, f64, Option<Arc<str>>)>,
+    /// Points read but not stored: (point, why).
+    pub problems: Vec<(Arc<str>, String)>,
     /// Why the meter failed, if it did.
     pub error: Option<String>,
 }
@@ -239,11 +248,14 @@ pub(crate) async fn read_one(client: &dyn BacnetClient, m: &MeterRow) -> MeterOu
 
 /// Collects the meters `opts` names into the local database.
 ///
+/// Reads through the app's BACnet client ([`App::bacnet`], bound on first
+/// use).
+///
 /// Fails only when the run cannot start (unknown meter ids, local database
-/// unreachable) or the final write fails; meter failures are in the report.
+/// unreachable, BACNET_BIND cannot be bound) or the final write fails; meter
+/// failures are in the report.
 pub async fn collect(
     app: &App,
-    client: &dyn BacnetClient,
     opts: CollectOptions,
     progress: &dyn Progress,
     cancel: &CancellationToken,
@@ -252,6 +264,8 @@ pub async fn collect(
     if opts.meter_ids.as_ref().is_some_and(|ids| ids.is_empty()) {
         return Err(CollectError::NoMeterIds);
     }
+    let client = app.bacnet().await?;
+    let client: &dyn BacnetClient = client.as_ref();
     // The collector never waits for the local database (one attempt per
     // step): while it is down, the last meter list is read and the readings
     // are held in memory (crate::collect_buffer).
@@ -335,7 +349,7 @@ pub async fn collect(
                 LIST_CAP,
                 || PointProblem {
                     meter_id: o.meter_id,
-                    point: point.clone(),
+                    point: point.to_string(),
                     error: error.clone(),
                 },
             );
@@ -412,6 +426,9 @@ pub enum ReadError {
         /// What is wrong.
         error: String,
     },
+    /// The BACnet socket could not be opened (BACNET_BIND).
+    #[error(transparent)]
+    Socket(#[from] bacnet::BacnetError),
     /// The device could not be read.
     #[error("meter {id}: {source}")]
     Bacnet {
@@ -426,16 +443,14 @@ pub enum ReadError {
     Db(#[from] DbError),
 }
 
-/// Reads meter `meter_id` (active or not) now and returns its points;
-/// stores nothing.
+/// Reads meter `meter_id` (active or not) now through the app's BACnet
+/// client and returns its points; stores nothing.
 ///
-/// Fails when the meter does not exist, is misconfigured, or does not answer.
-pub async fn read_live(
-    app: &App,
-    client: &dyn BacnetClient,
-    meter_id: i64,
-) -> Result<LiveRead, ReadError> {
+/// Fails when BACNET_BIND cannot be bound, or the meter does not exist, is
+/// misconfigured, or does not answer.
+pub async fn read_live(app: &App, meter_id: i64) -> Result<LiveRead, ReadError> {
     let started = Instant::now();
+    let client = app.bacnet().await?;
     let c = app.db.local().await?;
     let q = |e: tokio_postgres::Error| DbError::query(Side::Local, &e);
     let row = c
@@ -459,7 +474,7 @@ pub async fn read_live(
             }
         })?;
     let read_at = Utc::now();
-    let points = bacnet::read_meter(client, def.device(), &def.points)
+    let points = bacnet::read_meter(client.as_ref(), def.device(), &def.points)
         .await
         .map_err(|source| ReadError::Bacnet {
             id: meter_id,
@@ -595,14 +610,14 @@ async fn store(app: &App, outcomes: &[MeterOutcome]) -> Result<(u64, Vec<(i64, S
         .await
         .map_err(q)?;
     let h_ids: Vec<i64> = outcomes.iter().map(|o| o.meter_id).collect();
-    let h_errors: Vec<Option<String>> = outcomes
+    let h_errors: Vec<Option<&str>> = outcomes
         .iter()
         .map(|o| {
             refused
                 .iter()
                 .find(|(id, _)| *id == o.meter_id)
-                .map(|(_, e)| e.clone())
-                .or_else(|| o.error.clone())
+                .map(|(_, e)| e.as_str())
+                .or(o.error.as_deref())
         })
         .collect();
     tx.execute_typed(
@@ -648,7 +663,7 @@ async fn insert_readings(
     for o in meters {
         for (p, v, u) in &o.readings {
             ids.push(o.meter_id);
-            points.push(p.as_str());
+            points.push(&**p);
             times.push(o.recorded_at);
             values.push(*v);
             units.push(u.as_deref());
@@ -671,3 +686,6 @@ async fn insert_readings(
     )
     .await
 }
+
+#[cfg(test)]
+mod tests;

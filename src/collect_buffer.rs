@@ -173,7 +173,7 @@ mod tests {
             meter_id: meter,
             recorded_at: Utc::now(),
             readings: (0..points)
-                .map(|i| (format!("p{i}"), i as f64, None))
+                .map(|i| (format!("p{i}").into(), i as f64, None))
                 .collect(),
             problems: Vec::new(),
             error: None,

@@ -89,19 +89,9 @@ pub async fn run_cycle(
     let collect = if cancel.is_cancelled() {
         Step::skipped(CANCELLED)
     } else {
-        match app.bacnet().await {
-            Err(e) => Step::from(Err::<CollectReport, _>(e)),
-            Ok(client) => Step::from(
-                crate::collect::collect(
-                    app,
-                    client.as_ref(),
-                    CollectOptions::default(),
-                    &NoProgress,
-                    cancel,
-                )
-                .await,
-            ),
-        }
+        Step::from(
+            crate::collect::collect(app, CollectOptions::default(), &NoProgress, cancel).await,
+        )
     };
     progress.update(3, Some(4), "uploading readings");
     let upload = if cancel.is_cancelled() {

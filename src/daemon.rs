@@ -44,13 +44,8 @@ pub async fn run(app: Arc<App>) {
         move |cancel| {
             let app = a.clone();
             async move {
-                let client = match app.bacnet().await {
-                    Ok(c) => c,
-                    Err(e) => return failed(e.to_string(), false),
-                };
                 let r = crate::collect::collect(
                     &app,
-                    client.as_ref(),
                     crate::collect::CollectOptions::default(),
                     &LogProgress("collect"),
                     &cancel,

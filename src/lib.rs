@@ -21,8 +21,11 @@
 //!   [`status::sync_status`], MCP tool sync_status).
 //! - [`progress`]: how engines report progress without knowing to whom.
 //! - [`bacnet`]: our BACnet/IP stack (codec, tokio client, simulator), and
-//!   the read and discovery engines ([`bacnet::read_meter`],
-//!   [`bacnet::discover`]).
+//!   the read and discovery functions over any [`bacnet::BacnetClient`]
+//!   ([`bacnet::read_meter`], [`bacnet::discover`]).
+//! - [`devices`]: discovery and description through the app's BACnet client
+//!   ([`devices::discover`], [`devices::describe`]; MCP tools discover_devices
+//!   and describe_device).
 //! - [`meter_def`]: the one meter definition (instance, address, points and
 //!   their limits) that download, collect, `read_meter` and `list_meters` share.
 //! - [`collect`]: meters -> local readings ([`collect::collect`]), and a
@@ -42,7 +45,9 @@
 //!   list_meters).
 //! - [`readings`]: readings history from both sides, raw or bucketed
 //!   ([`readings::query_readings`]; MCP tool query_readings).
-//! - [`app`]: the context (config + pools + BACnet client) every front end shares.
+//! - [`app`]: the context (config + pools + BACnet client) every front end
+//!   shares; engines take the BACnet client from it ([`app::App::with_bacnet`]
+//!   gives tests an in-memory one).
 //! - [`mcp`]: the MCP server over stdio.
 //! - [`daemon`]: `metersync run`, the three loops.
 //! - [`ticks`]: the daemon's schedule (skip missed ticks, shutdown first)
@@ -69,6 +74,7 @@ pub mod cycle;
 pub mod daemon;
 pub mod db;
 pub mod demo;
+pub mod devices;
 pub mod download;
 pub mod fault;
 pub mod health;

@@ -29,6 +29,7 @@
 use serde::Serialize;
 use tokio_postgres::types::Type;
 
+use crate::capped;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 
@@ -38,7 +39,8 @@ pub const MAX_LIMIT: i64 = 500;
 pub const DEFAULT_LIMIT: i64 = 50;
 /// The most rows one requeue or discard moves (one local transaction).
 pub const MAX_REQUEUE: usize = 10_000;
-/// How many ids a report lists (the counts are always exact).
+/// How many ids each list of a report holds; the rest are counted in its
+/// `_omitted` field (the counts are always exact).
 pub const ID_LIST_CAP: usize = 100;
 
 /// Which table of set-aside readings.
@@ -182,11 +184,17 @@ pub struct RequeueReport {
     pub discarded: u64,
     /// The first ids moved or discarded (at most 100).
     pub ids: Vec<i64>,
+    /// Moved or discarded ids left out of `ids`.
+    pub ids_omitted: u64,
     /// Ids left where they are because a reading with the same key is
     /// already waiting in the backlog (at most 100 listed).
     pub kept: Vec<i64>,
+    /// Kept ids left out of `kept`.
+    pub kept_omitted: u64,
     /// Ids asked for that are not in the table (at most 100 listed).
     pub not_found: Vec<i64>,
+    /// Missing ids left out of `not_found`.
+    pub not_found_omitted: u64,
     /// Rows still in the table after this call.
     pub remaining: i64,
 }
@@ -344,12 +352,14 @@ pub async fn requeue(
     }
     let mut report = RequeueReport::default();
     if let Selection::Ids(ids) = &selection {
-        report.not_found = ids
-            .iter()
-            .filter(|i| found.binary_search(i).is_err())
-            .take(ID_LIST_CAP)
-            .copied()
-            .collect();
+        capped::extend(
+            &mut report.not_found,
+            &mut report.not_found_omitted,
+            ID_LIST_CAP,
+            ids.iter()
+                .filter(|i| found.binary_search(i).is_err())
+                .copied(),
+        );
     }
     let moved: Vec<i64> = match action {
         Action::Requeue => {
@@ -401,24 +411,32 @@ pub async fn requeue(
     tx.commit().await.map_err(q)?;
     let mut sorted = moved.clone();
     sorted.sort_unstable();
-    report.kept = found
-        .iter()
-        .filter(|i| sorted.binary_search(i).is_err())
-        .take(ID_LIST_CAP)
-        .copied()
-        .collect();
+    capped::extend(
+        &mut report.kept,
+        &mut report.kept_omitted,
+        ID_LIST_CAP,
+        found
+            .iter()
+            .filter(|i| sorted.binary_search(i).is_err())
+            .copied(),
+    );
     match action {
         Action::Requeue => report.requeued = moved.len() as u64,
         Action::Discard => report.discarded = moved.len() as u64,
     }
-    report.ids = sorted.into_iter().take(ID_LIST_CAP).collect();
+    capped::extend(
+        &mut report.ids,
+        &mut report.ids_omitted,
+        ID_LIST_CAP,
+        sorted,
+    );
     report.remaining = remaining;
     tracing::info!(
         shelf = table,
         requeued = report.requeued,
         discarded = report.discarded,
-        kept = report.kept.len(),
-        not_found = report.not_found.len(),
+        kept = report.kept.len() as u64 + report.kept_omitted,
+        not_found = report.not_found.len() as u64 + report.not_found_omitted,
         "set-aside readings handled"
     );
     Ok(report)
@@ -445,5 +463,61 @@ mod tests {
         assert!(e(Selection::from_args(Some(vec![1]), true).map(|_| ())).contains("ids"));
         assert!(e(Selection::from_args(Some(vec![]), false).map(|_| ())).contains("ids"));
         assert_eq!(Selection::from_args(None, true).ok(), Some(Selection::All));
+    }
+
+    /// Every list of a requeue report stops at [`ID_LIST_CAP`] and counts
+    /// the rest, against a real local cluster.
+    #[tokio::test]
+    async fn each_list_of_a_requeue_report_is_capped_and_counts_the_rest() {
+        const PW: &str = "unit-test-pw";
+        let cluster = tokio::task::spawn_blocking(|| crate::demo::cluster::Cluster::start(PW))
+            .await
+            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
+            .unwrap_or_else(|e| panic!("cluster: {e}"));
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("POSTGRES_SYNC_HOST".to_string(), "127.0.0.1".to_string());
+        vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
+        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
+        vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
+        let config =
+            crate::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
+        crate::migrate::apply(&db, Side::Local, crate::migrate::LOCAL)
+            .await
+            .unwrap_or_else(|e| panic!("migrate: {e}"));
+        let admin = cluster
+            .connect(PW)
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        // 250 quarantined rows; the keys of 131..=250 already wait in the
+        // backlog (under other ids), so those are kept.
+        admin
+            .batch_execute(
+                "INSERT INTO meter_readings_quarantine (id, meter_id, point, recorded_at, value, error)
+                 SELECT g, 1, 'p', timestamptz '2026-01-01 00:00+00' + g * interval '1 s', g, 'bad'
+                 FROM generate_series(1, 250) g;
+                 INSERT INTO meter_readings (id, meter_id, point, recorded_at, value)
+                 SELECT 10000 + g, 1, 'p', timestamptz '2026-01-01 00:00+00' + g * interval '1 s', g
+                 FROM generate_series(131, 250) g;",
+            )
+            .await
+            .unwrap_or_else(|e| panic!("seed: {e}"));
+        let r = requeue(
+            &db,
+            Shelf::Quarantine,
+            Selection::Ids((1..=400).collect()),
+            Action::Requeue,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("requeue: {e}"));
+        assert_eq!(r.requeued, 130);
+        assert_eq!(r.ids, (1..=100).collect::<Vec<i64>>());
+        assert_eq!(r.ids_omitted, 30);
+        assert_eq!(r.kept, (131..=230).collect::<Vec<i64>>());
+        assert_eq!(r.kept_omitted, 20);
+        assert_eq!(r.not_found, (251..=350).collect::<Vec<i64>>());
+        assert_eq!(r.not_found_omitted, 50);
+        assert_eq!(r.remaining, 120);
+        db.close();
     }
 }

@@ -567,7 +567,7 @@ async fn every_readable_object_type_is_read_as_a_number() {
     let r = read_meter(&client, device(d), &points).await.unwrap();
     let got: Vec<(&str, Option<f64>, Option<&str>)> = r
         .iter()
-        .map(|r| (r.name.as_str(), r.value, r.error.as_deref()))
+        .map(|r| (&*r.name, r.value, r.error.as_deref()))
         .collect();
     assert_eq!(
         got,

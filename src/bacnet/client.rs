@@ -483,24 +483,6 @@ impl UdpClient {
         })
     }
 
-    /// Reads element `index` of the array property `p` with one ReadProperty
-    /// (index 0 is the array's length): how a device's Object_List is paged
-    /// when it is too long for one reply.
-    ///
-    /// Fails like [`BacnetClient::read_properties`]: only when the device
-    /// cannot be talked to; the device's error for the element is an
-    /// `Err(ErrorCode)` in the result.
-    pub async fn read_array_element(
-        &self,
-        device: Device,
-        p: PropertyRef,
-        index: u32,
-    ) -> Result<PropertyResult, BacnetError> {
-        let peer = self.peer(device.addr);
-        let mut peer = peer.lock().await;
-        self.rp(&mut peer, device, p, Some(index)).await
-    }
-
     /// One ReadProperty of `p` (element `index` of an array property when
     /// given).
     async fn rp(
@@ -623,8 +605,31 @@ impl BacnetClient for UdpClient {
         Box::pin(self.who_is_inner(target, range, wait))
     }
 
+    /// One ReadProperty with an array index (see the trait).
+    fn read_array_element(
+        &self,
+        device: Device,
+        p: PropertyRef,
+        index: u32,
+    ) -> BoxFuture<'_, Result<PropertyResult, BacnetError>> {
+        Box::pin(async move {
+            let peer = self.peer(device.addr);
+            let mut peer = peer.lock().await;
+            self.rp(&mut peer, device, p, Some(index)).await
+        })
+    }
+
     fn meter_cache(&self) -> Option<&MeterCache> {
         Some(&self.shared.cache)
+    }
+
+    fn socket_status(&self) -> Option<super::BacnetStatus> {
+        Some(super::BacnetStatus {
+            bound: true,
+            local_addr: self.local_addr().ok().map(|a| a.to_string()),
+            stats: Some(self.stats()),
+            bbmd: self.bbmd_status(),
+        })
     }
 }
 

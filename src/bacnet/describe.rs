@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::types::{ObjectId, ObjectType, PropertyId, PropertyRef, PropertyResult, Value};
 use super::units::unit_symbol;
-use super::{BacnetClient, BacnetError, Device, UdpClient};
+use super::{BacnetClient, BacnetError, Device};
 
 /// Objects per page when no limit is given.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -197,7 +197,7 @@ fn text(r: Option<&PropertyResult>) -> Option<String> {
 /// Fails on a bad argument, when no device answers at `address`, or when
 /// the device cannot be talked to or refuses its Object_List.
 pub async fn describe(
-    client: &UdpClient,
+    client: &dyn BacnetClient,
     address: &str,
     device_instance: Option<u32>,
     limit: Option<u32>,

@@ -10,7 +10,7 @@
 //! so `12,345,000 x 0.001` is `12345`, not `12345.000586`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::address::DeviceAddress;
@@ -87,15 +87,16 @@ impl Scale {
 /// What is known about one point.
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct PointMeta {
-    /// Readable unit, if the object has units.
-    pub unit: Option<String>,
+    /// Readable unit, if the object has units; shared by every reading of
+    /// the point.
+    pub unit: Option<Arc<str>>,
     /// The accumulator's scale (`Ok(None)`: not scaled), or why it cannot be used.
     pub scale: Result<Option<Scale>, String>,
 }
 
 struct Entry {
     points: Vec<(ObjectId, PropertyId)>,
-    meta: Vec<PointMeta>,
+    meta: Arc<[PointMeta]>,
     learned: Instant,
 }
 
@@ -110,14 +111,20 @@ fn key_points(points: &[PointSpec]) -> Vec<(ObjectId, PropertyId)> {
 }
 
 impl MeterCache {
-    /// The metadata learned for exactly this definition, if fresh.
-    pub(crate) fn get(&self, device: Device, points: &[PointSpec]) -> Option<Vec<PointMeta>> {
+    /// The metadata learned for exactly this definition, if fresh (shared,
+    /// not copied: a run allocates nothing for it).
+    pub(crate) fn get(&self, device: Device, points: &[PointSpec]) -> Option<Arc<[PointMeta]>> {
         let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let e = entries.get(&(device.addr, device.instance))?;
-        (e.learned.elapsed() < MAX_AGE && e.points == key_points(points)).then(|| e.meta.clone())
+        let same = e
+            .points
+            .iter()
+            .copied()
+            .eq(points.iter().map(|p| (p.object, p.property)));
+        (e.learned.elapsed() < MAX_AGE && same).then(|| e.meta.clone())
     }
 
-    pub(crate) fn put(&self, device: Device, points: &[PointSpec], meta: Vec<PointMeta>) {
+    pub(crate) fn put(&self, device: Device, points: &[PointSpec], meta: Arc<[PointMeta]>) {
         self.put_learned_at(device, points, meta, Instant::now());
     }
 
@@ -125,7 +132,7 @@ impl MeterCache {
         &self,
         device: Device,
         points: &[PointSpec],
-        meta: Vec<PointMeta>,
+        meta: Arc<[PointMeta]>,
         learned: Instant,
     ) {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,10 +180,10 @@ mod tests {
             property: PropertyId::PRESENT_VALUE,
         };
         let points = vec![point("analog-input:1")];
-        let meta = vec![PointMeta {
+        let meta: Arc<[PointMeta]> = Arc::new([PointMeta {
             unit: Some("kWh".into()),
             scale: Ok(None),
-        }];
+        }]);
         cache.put(device, &points, meta.clone());
         assert_eq!(cache.get(device, &points), Some(meta.clone()));
         // Another definition, another instance, another address: learned again.

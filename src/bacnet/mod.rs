@@ -25,6 +25,8 @@
 //! - [`points`]: the `points` JSON of a meter.
 //! - [`units`]: engineering units as readable symbols.
 //! - [`sim`]: simulated meters over real UDP, for tests, the benchmark and `metersync demo`.
+//! - `fake` (unit tests only): an in-memory [`BacnetClient`] whose devices
+//!   answer from a table, for the collector's unit tests.
 //!
 //! # Guarantees
 //! Nothing received from the network can panic this module: every decoder
@@ -38,6 +40,8 @@ pub mod client;
 pub mod describe;
 mod discovery;
 mod drops;
+#[cfg(test)]
+pub(crate) mod fake;
 mod frame;
 pub mod meta;
 pub mod points;
@@ -132,7 +136,8 @@ impl Default for BacnetConfig {
 }
 
 /// What the rest of metersync needs from a BACnet stack. Implemented by
-/// [`UdpClient`]; tests of the collector may implement it in memory.
+/// [`UdpClient`], and in memory by the unit tests' fake network; the
+/// [`crate::app::App`] holds one and every engine takes it from there.
 pub trait BacnetClient: Send + Sync {
     /// Read `props` from `device`: one result per property, in order, where a
     /// property the device refuses (unknown object, ...) is an `Err(ErrorCode)`
@@ -155,9 +160,28 @@ pub trait BacnetClient: Send + Sync {
         wait: Duration,
     ) -> BoxFuture<'_, Result<Vec<IAm>, BacnetError>>;
 
+    /// Read element `index` of the array property `p` (index 0 is the
+    /// array's length): how [`describe::describe`] pages a device's
+    /// Object_List. Fails like [`BacnetClient::read_properties`]: only when
+    /// the device cannot be talked to; the device's error for the element is
+    /// an `Err(ErrorCode)` in the result.
+    fn read_array_element(
+        &self,
+        device: Device,
+        p: PropertyRef,
+        index: u32,
+    ) -> BoxFuture<'_, Result<PropertyResult, BacnetError>>;
+
     /// Where [`read_meter`] keeps what it learns once per meter definition
     /// (identity verified, units, scales); `None` reads it all every time.
     fn meter_cache(&self) -> Option<&MeterCache> {
+        None
+    }
+
+    /// The socket's state (address, counters, BBMD registration) for
+    /// `connection_status` and `/metrics`; `None` for a client without a
+    /// socket (an in-memory test client).
+    fn socket_status(&self) -> Option<BacnetStatus> {
         None
     }
 }
@@ -176,14 +200,14 @@ pub struct BacnetStatus {
 }
 
 /// The status of `client` (`None`: not bound yet), with the configured BBMD.
-pub fn status(client: Option<&UdpClient>, bbmd: Option<SocketAddr>) -> BacnetStatus {
+pub fn status(client: Option<&dyn BacnetClient>, bbmd: Option<SocketAddr>) -> BacnetStatus {
     match client {
-        Some(c) => BacnetStatus {
+        Some(c) => c.socket_status().unwrap_or(BacnetStatus {
             bound: true,
-            local_addr: c.local_addr().ok().map(|a| a.to_string()),
-            stats: Some(c.stats()),
-            bbmd: c.bbmd_status(),
-        },
+            local_addr: None,
+            stats: None,
+            bbmd: None,
+        }),
         None => BacnetStatus {
             bound: false,
             local_addr: None,

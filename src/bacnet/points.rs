@@ -5,6 +5,7 @@
 //! (index and name) and says what would be accepted.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use serde_json::Value as Json;
 
@@ -14,7 +15,9 @@ use super::types::{ObjectId, ObjectType, PropertyId, MAX_INSTANCE, READABLE_OBJE
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PointSpec {
     /// The name readings are stored under (e.g. `energy_kwh`); unique within a meter.
-    pub name: String,
+    ///
+    /// Shared, not copied: each reading of the point holds the same string.
+    pub name: Arc<str>,
     /// The BACnet object, e.g. `analog-input:1`.
     pub object: ObjectId,
     /// The property to read; present-value unless the entry names another.
@@ -72,13 +75,14 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
     let mut out = Vec::with_capacity(entries.len());
     for (index, entry) in entries.iter().enumerate() {
         let name = entry.get("name").and_then(Json::as_str).map(str::trim);
-        let label = name
-            .filter(|n| !n.is_empty())
-            .map(|n| format!(" ({})", short_name(n)))
-            .unwrap_or_default();
+        // Built only when the entry fails: parsing runs for every meter on
+        // every collection.
         let fail = |problem: String| PointsError::Entry {
             index,
-            label: label.clone(),
+            label: name
+                .filter(|n| !n.is_empty())
+                .map(|n| format!(" ({})", short_name(n)))
+                .unwrap_or_default(),
             problem,
         };
         let obj = entry
@@ -93,11 +97,11 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
             )));
         }
         let name = match name {
-            Some(n) if !n.is_empty() => n.to_string(),
+            Some(n) if !n.is_empty() => n,
             _ => return Err(fail("`name` must be a non-empty string".into())),
         };
-        if !seen.insert(name.clone()) {
-            return Err(fail(format!("duplicate point name {}", short_name(&name))));
+        if !seen.insert(name) {
+            return Err(fail(format!("duplicate point name {}", short_name(name))));
         }
         let object = match obj.get("object") {
             Some(Json::String(s)) => parse_object(s).map_err(fail)?,
@@ -128,7 +132,7 @@ pub fn parse_points(json: &Json) -> Result<Vec<PointSpec>, PointsError> {
             }
         };
         out.push(PointSpec {
-            name,
+            name: Arc::from(name),
             object,
             property,
         });

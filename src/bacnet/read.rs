@@ -7,6 +7,7 @@
 //! otherwise it carries the reason in `error` and no value, so nothing
 //! doubtful is billed.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
@@ -28,12 +29,15 @@ const DISCOVERY_CONCURRENCY: usize = 32;
 /// The outcome of reading one point.
 #[derive(Clone, Debug, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct PointReading {
-    /// The point's configured name.
-    pub name: String,
+    /// The point's configured name (shared with the meter definition).
+    #[schemars(with = "String")]
+    pub name: Arc<str>,
     /// The value (accumulators already multiplied by their scale); `None` when `error` is set.
     pub value: Option<f64>,
-    /// Readable unit (kWh, kW, V, A, Hz, ...), when the object has units.
-    pub unit: Option<String>,
+    /// Readable unit (kWh, kW, V, A, Hz, ...), when the object has units
+    /// (shared with the meter cache: learned once per meter definition).
+    #[schemars(with = "Option<String>")]
+    pub unit: Option<Arc<str>>,
     /// Why there is no value: e.g. `unknown-object`, `status-flags: fault`, `reliability: over-range`.
     pub error: Option<String>,
 }
@@ -125,7 +129,7 @@ pub async fn read_meter(
             let mut meta = Vec::with_capacity(points.len());
             for scale_at in &scaled {
                 let unit = match results.get(at) {
-                    Some(Ok(Value::Enumerated(u))) => unit_symbol(*u),
+                    Some(Ok(Value::Enumerated(u))) => unit_symbol(*u).map(Arc::from),
                     _ => None,
                 };
                 at += 1;
@@ -138,6 +142,7 @@ pub async fn read_meter(
                 };
                 meta.push(PointMeta { unit, scale });
             }
+            let meta: Arc<[PointMeta]> = meta.into();
             if let Some(cache) = cache {
                 cache.put(device, points, meta.clone());
             }
@@ -467,51 +472,8 @@ pub async fn discover(
 
 #[cfg(test)]
 mod tests {
-    use super::super::types::ErrorCode;
-    use super::super::IAm;
+    use super::super::fake::{FakeDevice, FakeNetwork};
     use super::*;
-
-    /// An in-memory device: answers from a table, as a collector test would.
-    struct Fake(Vec<(PropertyRef, PropertyResult)>);
-
-    impl BacnetClient for Fake {
-        fn read_properties<'a>(
-            &'a self,
-            _device: Device,
-            props: &'a [PropertyRef],
-        ) -> super::super::BoxFuture<'a, Result<Vec<PropertyResult>, BacnetError>> {
-            let unknown = Err(ErrorCode {
-                class: ErrorCode::CLASS_PROPERTY,
-                code: ErrorCode::UNKNOWN_PROPERTY,
-            });
-            let out = props
-                .iter()
-                .map(|p| {
-                    self.0
-                        .iter()
-                        .find(|(q, _)| q == p)
-                        .map_or(unknown.clone(), |(_, r)| r.clone())
-                })
-                .collect();
-            Box::pin(async move { Ok(out) })
-        }
-
-        fn who_is(
-            &self,
-            _target: DeviceAddress,
-            _range: Option<(u32, u32)>,
-            _wait: Duration,
-        ) -> super::super::BoxFuture<'_, Result<Vec<IAm>, BacnetError>> {
-            Box::pin(async { Ok(Vec::new()) })
-        }
-    }
-
-    fn p(object: &str, property: PropertyId) -> PropertyRef {
-        PropertyRef {
-            object: ObjectId::parse(object).unwrap(),
-            property,
-        }
-    }
 
     fn point(name: &str, object: &str) -> PointSpec {
         PointSpec {
@@ -523,56 +485,40 @@ mod tests {
 
     #[tokio::test]
     async fn scales_flags_and_non_finite_values() {
-        let fake = Fake(vec![
-            (
-                PropertyRef {
-                    object: ObjectId::device(WILDCARD_INSTANCE).unwrap(),
-                    property: PropertyId::OBJECT_IDENTIFIER,
-                },
-                Ok(Value::ObjectId(ObjectId::device(1).unwrap())),
-            ),
-            (
-                p("accumulator:1", PropertyId::PRESENT_VALUE),
-                Ok(Value::Unsigned(1234)),
-            ),
-            (
-                p("accumulator:1", PropertyId::UNITS),
+        let fake = FakeNetwork::new(vec![FakeDevice::new("127.0.0.1:47808", 1)
+            .value("accumulator:1", Value::Unsigned(1234))
+            .answer(
+                "accumulator:1",
+                PropertyId::UNITS,
                 Ok(Value::Enumerated(19)),
-            ),
-            (
-                p("accumulator:1", PropertyId::SCALE),
+            )
+            .answer(
+                "accumulator:1",
+                PropertyId::SCALE,
                 Ok(Value::Context {
                     tag: 1,
                     data: vec![0xfe],
                 }),
-            ),
-            (
-                p("accumulator:2", PropertyId::PRESENT_VALUE),
-                Ok(Value::Unsigned(10)),
-            ),
-            (
-                p("accumulator:2", PropertyId::SCALE),
+            )
+            .value("accumulator:2", Value::Unsigned(10))
+            .answer(
+                "accumulator:2",
+                PropertyId::SCALE,
                 Ok(Value::Context {
                     tag: 0,
                     data: 0.5f32.to_be_bytes().to_vec(),
                 }),
-            ),
-            (
-                p("analog-value:1", PropertyId::PRESENT_VALUE),
-                Ok(Value::Real(f32::NAN)),
-            ),
-            (
-                p("analog-value:2", PropertyId::PRESENT_VALUE),
-                Ok(Value::Real(1.0)),
-            ),
-            (
-                p("analog-value:2", PropertyId::STATUS_FLAGS),
+            )
+            .value("analog-value:1", Value::Real(f32::NAN))
+            .value("analog-value:2", Value::Real(1.0))
+            .answer(
+                "analog-value:2",
+                PropertyId::STATUS_FLAGS,
                 Ok(Value::BitString {
                     unused_bits: 4,
                     bytes: vec![0x50],
                 }),
-            ),
-        ]);
+            )]);
         let device = Device {
             addr: DeviceAddress::direct("127.0.0.1:47808".parse().unwrap()),
             instance: 1,

@@ -233,14 +233,8 @@ impl DemoWorld {
         crate::download::download_all(&self.app, false, &LogProgress("download"), &cancel)
             .await
             .into_result()?;
-        let client = self
-            .app
-            .bacnet()
-            .await
-            .map_err(crate::collect::CollectError::from)?;
         let c = crate::collect::collect(
             &self.app,
-            client.as_ref(),
             crate::collect::CollectOptions::default(),
             &LogProgress("collect"),
             &cancel,

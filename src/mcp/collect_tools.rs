@@ -103,13 +103,12 @@ impl MeterSyncServer {
         Parameters(a): Parameters<CollectArgs>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<CollectReport>, String> {
-        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
         let progress = McpProgress::new(&ctx);
         let opts = CollectOptions {
             meter_ids: a.meter_ids,
             dry_run: a.dry_run.unwrap_or(false),
         };
-        let r = crate::collect::collect(&self.app, client.as_ref(), opts, &progress, &ctx.ct).await;
+        let r = crate::collect::collect(&self.app, opts, &progress, &ctx.ct).await;
         progress.finish().await;
         r.map(Json).map_err(|e| e.to_string())
     }
@@ -123,8 +122,7 @@ impl MeterSyncServer {
         &self,
         Parameters(a): Parameters<ReadMeterArgs>,
     ) -> Result<Json<LiveRead>, String> {
-        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
-        crate::collect::read_live(&self.app, client.as_ref(), a.meter_id)
+        crate::collect::read_live(&self.app, a.meter_id)
             .await
             .map(Json)
             .map_err(|e| e.to_string())
@@ -139,8 +137,7 @@ impl MeterSyncServer {
         &self,
         Parameters(a): Parameters<DiscoverArgs>,
     ) -> Result<Json<Discovery>, String> {
-        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
-        crate::bacnet::discover(client.as_ref(), a.address.as_deref(), a.timeout_ms)
+        crate::devices::discover(&self.app, a.address.as_deref(), a.timeout_ms)
             .await
             .map(Json)
             .map_err(|e| e.to_string())

@@ -48,14 +48,12 @@ impl MeterSyncServer {
         &self,
         Parameters(a): Parameters<DescribeArgs>,
     ) -> Result<Json<DeviceDescription>, String> {
-        let client = self.app.bacnet().await.map_err(|e| e.to_string())?;
-        crate::bacnet::describe::describe(
-            &client,
+        crate::devices::describe(
+            &self.app,
             &a.address,
             a.device_instance,
             a.limit,
             a.cursor.as_deref(),
-            self.app.config.bacnet_timeout,
         )
         .await
         .map(Json)

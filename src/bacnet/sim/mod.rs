@@ -69,7 +69,7 @@ pub fn standard_points() -> Vec<PointSpec> {
         .iter()
         .filter_map(|(name, object)| {
             Some(PointSpec {
-                name: (*name).to_string(),
+                name: Arc::from(*name),
                 object: ObjectId::parse(object).ok()?,
                 property: PropertyId::PRESENT_VALUE,
             })
