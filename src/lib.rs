@@ -10,7 +10,8 @@
 //! - [`config`]: the environment turned into a validated [`config::Config`];
 //!   passwords are [`config::Secret`]s that never print.
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
-//! - [`db`]: the connection manager, one pool per database, status report.
+//! - [`db`]: the connection manager, one pool per database (`db/pool.rs`), its
+//!   error type (`db/error.rs`), status report (`db/status.rs`).
 //! - [`fault`]: the one error classification (transient / operator / bug).
 //! - [`availability`]: which side is known down, and how long a caller may
 //!   wait for a connection ([`db::Patience`]).
