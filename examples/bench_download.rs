@@ -126,7 +126,7 @@ async fn plain_select(c: &tokio_postgres::Client, table: Table, order: bool) -> 
 
 async fn timed(app: &App, table: Table) -> Result<(Duration, DownloadReport)> {
     let t = Instant::now();
-    let r = download(app, table, false, &NoProgress).await?;
+    let r = download(app, table, false, &NoProgress, &Default::default()).await?;
     Ok((t.elapsed(), r))
 }
 
