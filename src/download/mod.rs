@@ -382,18 +382,18 @@ async fn run_download(
     let name = table.name();
     let site = app.config.site_id.clone();
     let stopped = |remote_rows, round_trips| {
-        Ok(DownloadReport::cancelled(
+        DownloadReport::cancelled(
             table,
             app.config.site_id.clone(),
             dry_run,
             remote_rows,
             round_trips,
             started,
-        ))
+        )
     };
     // Checkpoint: before anything is read.
     if cancel.is_cancelled() {
-        return stopped(0, 0);
+        return Ok(stopped(0, 0));
     }
     let remote_err = |source: DbError, hint: &str| DownloadError::Remote {
         kind,
@@ -478,7 +478,7 @@ async fn run_download(
     let Some((remote_rows, local_rows)) = read else {
         drop(deadpool_postgres::Object::take(remote));
         // Dropping `tx` rolls the local transaction back.
-        return stopped(0, 1);
+        return Ok(stopped(0, 1));
     };
     if remote_rows.is_err() {
         drop(deadpool_postgres::Object::take(remote));
@@ -493,7 +493,7 @@ async fn run_download(
     // Checkpoint: before the full local rows are read.
     if cancel.is_cancelled() {
         tx.rollback().await.map_err(|e| local_err(&e))?;
-        return stopped(remote_count, 1);
+        return Ok(stopped(remote_count, 1));
     }
     let (plan, pending) = diff::triage(table, remote_rows, local_rows);
     // The rows that may have changed, read in full: one statement.
@@ -523,7 +523,7 @@ async fn run_download(
     // once started, the apply runs to its commit.
     if cancel.is_cancelled() {
         tx.rollback().await.map_err(|e| local_err(&e))?;
-        return stopped(remote_count, 1);
+        return Ok(stopped(remote_count, 1));
     }
     if !dry_run && !plan.is_empty() {
         apply(&tx, table, &plan).await?;
