@@ -102,8 +102,9 @@ pub struct Change {
     pub id: i64,
     /// What happened to it.
     pub action: ChangeAction,
-    /// The columns whose values changed (empty for an insert).
-    pub fields: Vec<String>,
+    /// The columns whose values changed (empty for an insert): the names
+    /// from the table's column list, never allocated per row.
+    pub fields: Vec<&'static str>,
 }
 
 /// A remote row that was not applied, and why.
@@ -654,14 +655,18 @@ async fn apply(
         types.push(Type::BYTEA);
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
+        let width = table.columns().len();
         for (r, digest) in &plan.upserts {
             let digest: &[u8] = digest;
-            let mut row: Vec<&(dyn ToSql + Sync)> =
-                r.cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            row.push(&digest);
+            // The row's cells, then its digest, borrowed in place: no
+            // per-row vector (`write_raw` wants an exact-size iterator).
+            let row = (0..width + 1).map(|i| match r.cells.get(i) {
+                Some(c) if i < width => c as &(dyn ToSql + Sync),
+                _ => &digest as &(dyn ToSql + Sync),
+            });
             writer
                 .as_mut()
-                .write(&row)
+                .write_raw(row)
                 .await
                 .map_err(|e| local_err(&e))?;
         }
