@@ -34,9 +34,10 @@
 //! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
 //!   listed and requeued ([`quarantine::list`], [`quarantine::requeue`]; MCP
 //!   tools list_quarantine and requeue_readings).
-//! - [`download`]: remote tenants and meters -> local, tenants first
-//!   ([`download::download`], [`download::download_all`]; MCP tools
-//!   download_tenants and download_meters).
+//! - [`download`]: remote tenants and meters -> local, tenants first,
+//!   stopping before any write when cancelled ([`download::download`],
+//!   [`download::download_all`]; MCP tools download_tenants and
+//!   download_meters).
 //! - [`cycle`]: download, collect, upload in order ([`cycle::run_cycle`];
 //!   MCP tool run_sync_cycle).
 //! - [`meters`]: the local meter list, paged ([`meters::list_meters`]; MCP tool
