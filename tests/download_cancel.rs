@@ -2,7 +2,8 @@
 //! starts, while its remote read waits on a lock, or after it planned its
 //! changes but before it wrote them, the local table is exactly as it was
 //! and the run's `sync_runs` row says `cancelled`. The same through the
-//! CLI: SIGTERM during `metersync download-tenants` records `cancelled`.
+//! front ends: SIGTERM during `metersync download-tenants`, and an MCP
+//! client's `notifications/cancelled` for a `download_tenants` call.
 //!
 //! Every step waits on a condition (the remote backend waiting on the lock,
 //! the progress step reached), never on a sleep.
@@ -260,7 +261,8 @@ async fn sigterm_during_the_cli_download_records_cancelled_and_changes_nothing()
     sigterm(&child);
     // Whatever the exit, the journal must say how the run ended.
     tokio::time::timeout(Duration::from_secs(30), child.wait()).await??;
-    // Released only now: before the fix the read then finished as `ok`.
+    // Released only now (before the fix the run waited out the read's 30 s
+    // deadline and was journalled `failed`).
     lock.rollback().await?;
     assert_eq!(
         last_status(&local).await?,
@@ -269,5 +271,53 @@ async fn sigterm_during_the_cli_download_records_cancelled_and_changes_nothing()
         log.display()
     );
     assert!(local_tenants(&local).await?.is_empty(), "nothing written");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_mcp_download_cancelled_by_the_client_records_cancelled_and_changes_nothing(
+) -> Result<()> {
+    let world = World::start().await?;
+    let (mut remote, local) = (world.remote.client().await?, world.local.client().await?);
+    seed_tenants(&remote, 1, 20, "tenant").await?;
+    let mcp = Mcp::start(&world.env, &[], "dl-cancel-mcp").await?;
+
+    let lock = remote.transaction().await?;
+    lock.batch_execute("LOCK TABLE tenants IN ACCESS EXCLUSIVE MODE")
+        .await?;
+    let params = rmcp::model::CallToolRequestParams::new("download_tenants");
+    let handle = mcp
+        .client
+        .send_cancellable_request(
+            rmcp::model::ClientRequest::CallToolRequest(rmcp::model::Request::new(params)),
+            rmcp::service::PeerRequestOptions::no_options(),
+        )
+        .await?;
+    let waiting = wait_for(30, || async {
+        let c = world.remote.client().await?;
+        metersync_waits_on_lock(&c).await
+    })
+    .await?;
+    assert!(
+        waiting,
+        "the download's remote read never waited on the lock"
+    );
+    // notifications/cancelled: the tool's request token fires.
+    handle.cancel(Some("test".into())).await?;
+    let recorded = wait_for(30, || async {
+        Ok(last_status(&local).await? == "cancelled")
+    })
+    .await?;
+    // Released only now (before the fix the run waited out the read's 30 s
+    // deadline and was journalled `failed`).
+    lock.rollback().await?;
+    assert!(
+        recorded,
+        "journal says {:?}; log: {}",
+        last_status(&local).await?,
+        mcp.log.display()
+    );
+    assert!(local_tenants(&local).await?.is_empty(), "nothing written");
+    mcp.close().await?;
     Ok(())
 }
