@@ -320,8 +320,8 @@ pub async fn download_all(
 /// When `cancel` fires before the apply starts (before or during the remote
 /// read, or before the changes are written), the local transaction is rolled
 /// back and the report says `cancelled` (so does the journal): nothing was
-/// written. A run cancelled before it opens its journal row still records
-/// one (the checkout after a signal gets one short attempt).
+/// written. A run cancelled before it starts still records its journal row
+/// (after a shutdown signal, a checkout gets one short attempt for that).
 ///
 /// Fails when either database is unreachable after the retry policy, the
 /// remote table cannot be read as the contract's columns, or the local apply
