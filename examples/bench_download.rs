@@ -7,6 +7,10 @@
 //! of the rows changed, and prints each as a ratio to the COPY, with the
 //! remote round trips per run.
 //!
+//! It also counts the heap allocations the process makes during each timed
+//! download (a counting global allocator: exact, and unaffected by load on
+//! the machine), printed per row read.
+//!
 //! `cargo run --release --example bench_download` (METERS=, TENANTS=,
 //! REPEAT= override the sizes). Needs the PostgreSQL server binaries; runs
 //! them as the `postgres` user when started as root. Loopback only.
@@ -14,7 +18,9 @@
 //! (The test harness in `tests/common` cannot be shared: it relies on
 //! variables Cargo sets only for integration tests.)
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -26,6 +32,31 @@ use metersync::download::{download, DownloadReport, Table};
 use metersync::progress::NoProgress;
 
 const PASSWORD: &str = "bench-pw-4471";
+
+/// The system allocator, counting allocations (and reallocations).
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every call is forwarded unchanged to the system allocator.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.alloc(layout)
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        System.dealloc(ptr, layout)
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
 
 /// Bigger buffers than the test clusters: 100k-meter tables.
 const BENCH_CONF: &str = "shared_buffers = 128MB\n";
@@ -63,7 +94,7 @@ fn env_num(name: &str, default: i64) -> i64 {
 }
 
 /// The median of `v` (not empty).
-fn median(mut v: Vec<Duration>) -> Duration {
+fn median<T: Ord + Copy>(mut v: Vec<T>) -> T {
     v.sort();
     v[v.len() / 2]
 }
@@ -124,10 +155,13 @@ async fn plain_select(c: &tokio_postgres::Client, table: Table, order: bool) -> 
     Ok(t.elapsed())
 }
 
-async fn timed(app: &App, table: Table) -> Result<(Duration, DownloadReport)> {
+/// One download: its wall time, report and the allocations made meanwhile.
+async fn timed(app: &App, table: Table) -> Result<(Duration, DownloadReport, u64)> {
+    let a = ALLOCATIONS.load(Ordering::Relaxed);
     let t = Instant::now();
-    let r = download(app, table, false, &NoProgress).await?;
-    Ok((t.elapsed(), r))
+    let r = download(app, table, false, &NoProgress, &Default::default()).await?;
+    let elapsed = t.elapsed();
+    Ok((elapsed, r, ALLOCATIONS.load(Ordering::Relaxed) - a))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -180,6 +214,7 @@ async fn main() -> Result<()> {
         "{:<8} {:>10} {:>16} {:>16} {:>16} {:>12}",
         "table", "COPY ms", "first ms (x)", "no-change ms (x)", "1% changed (x)", "remote RTs"
     );
+    let mut allocs = Vec::new();
     for table in [Table::Tenants, Table::Meters] {
         let rows = if table == Table::Meters {
             meters
@@ -191,7 +226,7 @@ async fn main() -> Result<()> {
             copies.push(plain_copy(&rc, table).await?);
         }
         let copy = median(copies);
-        let (first, r) = timed(&app, table).await?;
+        let (first, r, first_allocs) = timed(&app, table).await?;
         assert_eq!(r.inserted as i64, rows, "first download inserts everything");
         let mut trips = vec![r.remote_round_trips];
         if std::env::var_os("SELECT_TOO").is_some() {
@@ -211,9 +246,11 @@ async fn main() -> Result<()> {
         // Each download is timed right after a COPY and compared with it,
         // so load from elsewhere on the machine skews both alike.
         let (mut same, mut changed) = (Vec::new(), Vec::new());
+        let (mut same_allocs, mut changed_allocs) = (Vec::new(), Vec::new());
         for i in 0..repeat as i64 {
             let c = plain_copy(&rc, table).await?;
-            let (d, r) = timed(&app, table).await?;
+            let (d, r, n) = timed(&app, table).await?;
+            same_allocs.push(n);
             assert_eq!(r.unchanged as i64, rows, "nothing changed");
             trips.push(r.remote_round_trips);
             same.push((d, ms(d) / ms(c)));
@@ -228,7 +265,8 @@ async fn main() -> Result<()> {
             )
             .await?;
             let c = plain_copy(&rc, table).await?;
-            let (d, r) = timed(&app, table).await?;
+            let (d, r, n) = timed(&app, table).await?;
+            changed_allocs.push(n);
             assert_eq!(r.updated as i64, rows / 100, "1% updated");
             trips.push(r.remote_round_trips);
             changed.push((d, ms(d) / ms(c)));
@@ -250,6 +288,28 @@ async fn main() -> Result<()> {
             ms(changed.0),
             changed.1,
             format!("{trips:?}")
+        );
+        allocs.push((
+            table,
+            rows,
+            first_allocs,
+            median(same_allocs),
+            median(changed_allocs),
+        ));
+    }
+    println!("heap allocations per row read (whole process, during the download)");
+    println!(
+        "{:<8} {:>14} {:>14} {:>14}",
+        "table", "first", "no-change", "1% changed"
+    );
+    for (table, rows, first, same, changed) in allocs {
+        let per = |n: u64| n as f64 / rows as f64;
+        println!(
+            "{:<8} {:>14.2} {:>14.2} {:>14.2}",
+            table.name(),
+            per(first),
+            per(same),
+            per(changed)
         );
     }
     app.db.close();

@@ -201,7 +201,8 @@ fn print_text(text: &str) -> anyhow::Result<()> {
 async fn download(table: Table, dry_run: bool) -> anyhow::Result<()> {
     let app = start(Work::Transfer).await?;
     let progress = LogProgress(table.run_kind());
-    let report = metersync::download::download(&app, table, dry_run, &progress).await;
+    let cancel = app.shutdown();
+    let report = metersync::download::download(&app, table, dry_run, &progress, &cancel).await;
     app.db.close();
     print_json(&report?)
 }

@@ -10,7 +10,8 @@
 //! - [`config`]: the environment turned into a validated [`config::Config`];
 //!   passwords are [`config::Secret`]s that never print.
 //! - [`retry`]: the one retry policy (2^n x 2 s, capped at 32 s).
-//! - [`db`]: the connection manager, one pool per database, status report.
+//! - [`db`]: the connection manager, one pool per database (`db/pool.rs`), its
+//!   error type (`db/error.rs`), status report (`db/status.rs`).
 //! - [`fault`]: the one error classification (transient / operator / bug).
 //! - [`availability`]: which side is known down, and how long a caller may
 //!   wait for a connection ([`db::Patience`]).
@@ -36,9 +37,10 @@
 //! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
 //!   listed and requeued ([`quarantine::list`], [`quarantine::requeue`]; MCP
 //!   tools list_quarantine and requeue_readings).
-//! - [`download`]: remote tenants and meters -> local, tenants first
-//!   ([`download::download`], [`download::download_all`]; MCP tools
-//!   download_tenants and download_meters).
+//! - [`download`]: remote tenants and meters -> local, tenants first,
+//!   stopping before any write when cancelled ([`download::download`],
+//!   [`download::download_all`]; MCP tools download_tenants and
+//!   download_meters).
 //! - [`cycle`]: download, collect, upload in order ([`cycle::run_cycle`];
 //!   MCP tool run_sync_cycle).
 //! - [`meters`]: the local meter list, paged ([`meters::list_meters`]; MCP tool

@@ -188,7 +188,7 @@ impl Plan {
         Some(record)
     }
 
-    fn change(&mut self, id: i64, action: ChangeAction, fields: Vec<String>) {
+    fn change(&mut self, id: i64, action: ChangeAction, fields: Vec<&'static str>) {
         match action {
             ChangeAction::Insert => self.inserted += 1,
             ChangeAction::Update => self.updated += 1,
@@ -201,7 +201,7 @@ impl Plan {
     fn local_only(&mut self, l: &Known) {
         if l.active {
             self.deactivate.push(l.id);
-            self.change(l.id, ChangeAction::Deactivate, vec!["active".into()]);
+            self.change(l.id, ChangeAction::Deactivate, vec!["active"]);
         } else {
             self.unchanged += 1;
         }
@@ -237,7 +237,7 @@ pub(crate) fn triage<R: Source>(
             // an active local copy collecting, so it is still deactivated.
             if let Some(l) = known.as_ref().filter(|l| l.active && !r.active(table)) {
                 p.deactivate.push(l.id);
-                p.change(l.id, ChangeAction::Deactivate, vec!["active".into()]);
+                p.change(l.id, ChangeAction::Deactivate, vec!["active"]);
             }
             continue;
         };
@@ -292,12 +292,14 @@ pub(crate) fn settle<R: Source>(
             p.upserts.push((rec, digest));
             continue;
         };
-        let fields: Vec<String> = table
+        // Compared as the servers sent the values (typed bytes, no
+        // decoding); only the names of the columns that differ are kept.
+        let fields: Vec<&'static str> = table
             .columns()
             .iter()
             .enumerate()
             .filter(|(i, _)| !r.same(&l, *i))
-            .map(|(_, c)| c.name.to_string())
+            .map(|(_, c)| c.name)
             .collect();
         if fields.is_empty() {
             p.unchanged += 1;
@@ -434,7 +436,7 @@ mod tests {
         }
     }
 
-    fn summary(p: &Plan) -> Vec<(i64, ChangeAction, Vec<String>)> {
+    fn summary(p: &Plan) -> Vec<(i64, ChangeAction, Vec<&'static str>)> {
         p.changes
             .iter()
             .map(|c| (c.id, c.action, c.fields.clone()))
@@ -469,10 +471,10 @@ mod tests {
         assert_eq!(
             summary(&p),
             vec![
-                (2, ChangeAction::Update, vec!["name".to_string()]),
+                (2, ChangeAction::Update, vec!["name"]),
                 (3, ChangeAction::Insert, vec![]),
-                (4, ChangeAction::Deactivate, vec!["active".to_string()]),
-                (5, ChangeAction::Deactivate, vec!["active".to_string()]),
+                (4, ChangeAction::Deactivate, vec!["active"]),
+                (5, ChangeAction::Deactivate, vec!["active"]),
             ]
         );
         Ok(())

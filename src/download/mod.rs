@@ -43,8 +43,16 @@
 //!   `sync_status`); the other rows apply. The remote columns are read
 //!   through casts that cannot fail on a value (`device_instance::int8`,
 //!   `points::text`), so no single value fails the read itself;
-//! - every run, dry or not, failed or not, is recorded in `sync_runs` with
-//!   kind `download_tenants` / `download_meters`, its counts and its error.
+//! - **cancellable, never half-applied**: the caller's cancel token (a
+//!   signal, an MCP client's cancellation) is checked before the remote
+//!   read, while it is in flight, before the full local rows are read and
+//!   before the apply; a cancelled run rolls its local transaction back, so
+//!   the local table is exactly as it was, reports `cancelled: true` with no
+//!   changes, and its `sync_runs` row says `cancelled`. Once the apply has
+//!   started it runs to its commit (a few statements), never half-way;
+//! - every run, dry or not, failed, cancelled or not, is recorded in
+//!   `sync_runs` with kind `download_tenants` / `download_meters`, its counts
+//!   and its error.
 //!
 //! Run tenants before meters: meters reference tenants.
 
@@ -58,6 +66,7 @@ use futures::{pin_mut, TryStreamExt};
 use serde::Serialize;
 use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::types::{ToSql, Type};
+use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::capped;
@@ -93,8 +102,9 @@ pub struct Change {
     pub id: i64,
     /// What happened to it.
     pub action: ChangeAction,
-    /// The columns whose values changed (empty for an insert).
-    pub fields: Vec<String>,
+    /// The columns whose values changed (empty for an insert): the names
+    /// from the table's column list, never allocated per row.
+    pub fields: Vec<&'static str>,
 }
 
 /// A remote row that was not applied, and why.
@@ -139,13 +149,52 @@ pub struct DownloadReport {
     /// Skipped rows left out of `errors`.
     pub errors_omitted: u64,
     /// Round trips to the remote by this run (one, whatever the row count:
-    /// the transaction that sets the read's deadline is pipelined with it).
+    /// the transaction that sets the read's deadline is pipelined with it;
+    /// none when it was cancelled before the read).
     pub remote_round_trips: u32,
+    /// Whether the run stopped on request before writing anything: the
+    /// local table is exactly as it was and the counts are zero.
+    pub cancelled: bool,
     /// Wall time of the run.
     pub duration_ms: u64,
 }
 
+impl DownloadReport {
+    /// The report of a run stopped on request: nothing was written.
+    fn cancelled(
+        table: Table,
+        site_id: Option<String>,
+        dry_run: bool,
+        remote_rows: u64,
+        remote_round_trips: u32,
+        started: Instant,
+    ) -> Self {
+        DownloadReport {
+            table: table.name().to_string(),
+            site_id,
+            dry_run,
+            remote_rows,
+            inserted: 0,
+            updated: 0,
+            unchanged: 0,
+            deactivated: 0,
+            skipped: 0,
+            changes: Vec::new(),
+            changes_omitted: 0,
+            errors: Vec::new(),
+            errors_omitted: 0,
+            remote_round_trips,
+            cancelled: true,
+            duration_ms: started.elapsed().as_millis() as u64,
+        }
+    }
+}
+
 impl runs::RunReport for DownloadReport {
+    fn cancelled(&self) -> bool {
+        self.cancelled
+    }
+
     /// The counts recorded in `sync_runs`.
     fn counts(&self) -> serde_json::Value {
         serde_json::json!({
@@ -162,6 +211,7 @@ impl runs::RunReport for DownloadReport {
             // sync_status say what to fix without a rerun.
             "skipped_rows": self.errors,
             "skipped_rows_omitted": self.errors_omitted,
+            "cancelled": self.cancelled,
         })
     }
 }
@@ -246,18 +296,19 @@ impl Downloads {
 
 /// Downloads tenants, then meters: the one order every front end (cycle,
 /// daemon, demo) uses, since a meter names its tenant. The meters are not
-/// downloaded when the tenants failed or `cancel` fired in between.
+/// downloaded when the tenants failed or `cancel` fired in between; each
+/// download watches `cancel` itself (see [`download`]).
 pub async fn download_all(
     app: &App,
     dry_run: bool,
     progress: &dyn Progress,
-    cancel: &tokio_util::sync::CancellationToken,
+    cancel: &CancellationToken,
 ) -> Downloads {
-    let tenants = download(app, Table::Tenants, dry_run, progress).await;
+    let tenants = download(app, Table::Tenants, dry_run, progress, cancel).await;
     let meters = if tenants.is_err() || cancel.is_cancelled() {
         None
     } else {
-        Some(download(app, Table::Meters, dry_run, progress).await)
+        Some(download(app, Table::Meters, dry_run, progress, cancel).await)
     };
     Downloads { tenants, meters }
 }
@@ -265,6 +316,12 @@ pub async fn download_all(
 /// Downloads `table` from the remote into the local copy (see the module
 /// docs for the guarantees). With `dry_run`, computes and reports the same
 /// changes but writes none. Records the run in `sync_runs`.
+///
+/// When `cancel` fires before the apply starts (before or during the remote
+/// read, or before the changes are written), the local transaction is rolled
+/// back and the report says `cancelled` (so does the journal): nothing was
+/// written. A run cancelled before it starts still records its journal row
+/// (after a shutdown signal, a checkout gets one short attempt for that).
 ///
 /// Fails when either database is unreachable after the retry policy, the
 /// remote table cannot be read as the contract's columns, or the local apply
@@ -274,6 +331,7 @@ pub async fn download(
     table: Table,
     dry_run: bool,
     progress: &dyn Progress,
+    cancel: &CancellationToken,
 ) -> Result<DownloadReport, DownloadError> {
     let kind = table.run_kind();
     let local_err = |source| DownloadError::Local {
@@ -282,9 +340,17 @@ pub async fn download(
         source,
     };
     let run = runs::Run::start(&app.db, kind).await.map_err(local_err)?;
-    let result = run_download(app, table, dry_run, progress).await;
+    let result = run_download(app, table, dry_run, progress, cancel).await;
     run.finish(&app.db, &result).await;
     match &result {
+        Ok(report) if report.cancelled => {
+            tracing::info!(
+                table = table.name(),
+                dry_run,
+                duration_ms = report.duration_ms,
+                "download cancelled; nothing was changed locally"
+            );
+        }
         Ok(report) => {
             tracing::info!(
                 table = table.name(),
@@ -310,11 +376,26 @@ async fn run_download(
     table: Table,
     dry_run: bool,
     progress: &dyn Progress,
+    cancel: &CancellationToken,
 ) -> Result<DownloadReport, DownloadError> {
     let started = Instant::now();
     let kind = table.run_kind();
     let name = table.name();
     let site = app.config.site_id.clone();
+    let stopped = |remote_rows, round_trips| {
+        DownloadReport::cancelled(
+            table,
+            app.config.site_id.clone(),
+            dry_run,
+            remote_rows,
+            round_trips,
+            started,
+        )
+    };
+    // Checkpoint: before anything is read.
+    if cancel.is_cancelled() {
+        return Ok(stopped(0, 0));
+    }
     let remote_err = |source: DbError, hint: &str| DownloadError::Remote {
         kind,
         table: name,
@@ -350,10 +431,14 @@ async fn run_download(
     };
     let local_sql = table.local_digests();
     // Rows are decoded as they arrive, overlapping the servers' work.
-    let (remote_rows, local_rows) = tokio::join!(
-        async {
-            let deadline = REMOTE_READ_DEADLINE + CLIENT_GRACE;
-            match tokio::time::timeout(deadline, read_remote(&remote, &remote_sql, remote_params))
+    // Checkpoint: while the reads are in flight (the remote read may wait up
+    // to its deadline); a cancelled read is abandoned and its connection
+    // closed below, like a failed one.
+    let reads = async {
+        tokio::join!(
+            async {
+                let deadline = REMOTE_READ_DEADLINE + CLIENT_GRACE;
+                match tokio::time::timeout(deadline, read_remote(&remote, &remote_sql, remote_params))
                 .await
             {
                 Ok(read) => {
@@ -371,19 +456,31 @@ async fn run_download(
                     "; the connection was dropped and the download will be retried on the next run",
                 )),
             }
-        },
-        async {
-            let no_params: [(&(dyn ToSql + Sync), Type); 0] = [];
-            let rows = tx
-                .query_typed_raw(&local_sql, no_params)
-                .await
-                .map_err(|e| local_err(&e))?;
-            let rows = read_all(rows).await.map_err(|e| local_err(&e))?;
-            Ok::<_, DownloadError>(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
-        },
-    );
+            },
+            async {
+                let no_params: [(&(dyn ToSql + Sync), Type); 0] = [];
+                let rows = tx
+                    .query_typed_raw(&local_sql, no_params)
+                    .await
+                    .map_err(|e| local_err(&e))?;
+                let rows = read_all(rows).await.map_err(|e| local_err(&e))?;
+                Ok::<_, DownloadError>(rows.iter().map(diff::Known::from_row).collect::<Vec<_>>())
+            },
+        )
+    };
+    let read = tokio::select! {
+        biased;
+        _ = cancel.cancelled() => None,
+        r = reads => Some(r),
+    };
     // Never give a connection back to the pool mid-transaction: after a
-    // timeout its state is unknown, so it is closed instead.
+    // timeout or a cancellation its state is unknown, so it is closed
+    // instead.
+    let Some((remote_rows, local_rows)) = read else {
+        drop(deadpool_postgres::Object::take(remote));
+        // Dropping `tx` rolls the local transaction back.
+        return Ok(stopped(0, 1));
+    };
     if remote_rows.is_err() {
         drop(deadpool_postgres::Object::take(remote));
     } else {
@@ -394,6 +491,11 @@ async fn run_download(
     let remote_count = remote_rows.len() as u64;
     progress.update(1, Some(3), &format!("read {remote_count} remote {name}"));
 
+    // Checkpoint: before the full local rows are read.
+    if cancel.is_cancelled() {
+        tx.rollback().await.map_err(|e| local_err(&e))?;
+        return Ok(stopped(remote_count, 1));
+    }
     let (plan, pending) = diff::triage(table, remote_rows, local_rows);
     // The rows that may have changed, read in full: one statement.
     let mut full = Vec::new();
@@ -418,6 +520,12 @@ async fn run_download(
         "download planned"
     );
 
+    // Checkpoint: before the apply, the last point where stopping is free;
+    // once started, the apply runs to its commit.
+    if cancel.is_cancelled() {
+        tx.rollback().await.map_err(|e| local_err(&e))?;
+        return Ok(stopped(remote_count, 1));
+    }
     if !dry_run && !plan.is_empty() {
         apply(&tx, table, &plan).await?;
         tx.commit().await.map_err(|e| local_err(&e))?;
@@ -452,6 +560,7 @@ async fn run_download(
         errors,
         errors_omitted,
         remote_round_trips: 1,
+        cancelled: false,
         duration_ms: started.elapsed().as_millis() as u64,
     })
 }
@@ -546,14 +655,18 @@ async fn apply(
         types.push(Type::BYTEA);
         let writer = BinaryCopyInWriter::new(sink, &types);
         pin_mut!(writer);
+        let width = table.columns().len();
         for (r, digest) in &plan.upserts {
             let digest: &[u8] = digest;
-            let mut row: Vec<&(dyn ToSql + Sync)> =
-                r.cells.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
-            row.push(&digest);
+            // The row's cells, then its digest, borrowed in place: no
+            // per-row vector (`write_raw` wants an exact-size iterator).
+            let row = (0..width + 1).map(|i| match r.cells.get(i) {
+                Some(c) if i < width => c as &(dyn ToSql + Sync),
+                _ => &digest as &(dyn ToSql + Sync),
+            });
             writer
                 .as_mut()
-                .write(&row)
+                .write_raw(row)
                 .await
                 .map_err(|e| local_err(&e))?;
         }

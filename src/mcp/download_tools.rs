@@ -29,8 +29,8 @@ impl MeterSyncServer {
         ctx: &RequestContext<RoleServer>,
     ) -> Result<Json<DownloadReport>, String> {
         let progress = McpProgress::new(ctx);
-        let result =
-            download::download(&self.app, table, args.dry_run.unwrap_or(false), &progress).await;
+        let dry_run = args.dry_run.unwrap_or(false);
+        let result = download::download(&self.app, table, dry_run, &progress, &ctx.ct).await;
         progress.finish().await;
         result.map(Json).map_err(|e| e.to_string())
     }
@@ -40,7 +40,7 @@ impl MeterSyncServer {
 impl MeterSyncServer {
     /// Mirror the remote tenants (in SITE_ID's scope) into the local database.
     #[tool(
-        description = "Download the tenants in scope (SITE_ID, or all) from the central database into the local copy, comparing every column: inserted, updated (with the fields that changed), unchanged, deactivated (gone or inactive remotely; never deleted locally), skipped rows with their errors, and the list of changes (capped at 50, with a count of the rest). One local transaction: on failure nothing changes. Run before download_meters. dry_run reports without writing.",
+        description = "Download the tenants in scope (SITE_ID, or all) from the central database into the local copy, comparing every column: inserted, updated (with the fields that changed), unchanged, deactivated (gone or inactive remotely; never deleted locally), skipped rows with their errors, and the list of changes (capped at 50, with a count of the rest). One local transaction: on failure, or when the request is cancelled before the writes, nothing changes (recorded in sync_runs as failed or cancelled). Run before download_meters. dry_run reports without writing.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -58,7 +58,7 @@ impl MeterSyncServer {
 
     /// Mirror the remote meters (in SITE_ID's scope) into the local database.
     #[tool(
-        description = "Download the meters in scope (SITE_ID, or all) from the central database into the local copy, comparing every column: inserted, updated (with the fields that changed), unchanged, deactivated (gone or inactive remotely; never deleted locally), and the list of changes (capped at 50, with a count of the rest). Meters the collector could not use (points not a list of {name, object: \"analog-input:1\"}, address not host:port, a device instance used twice on one site) are skipped and listed in errors with the reason; the rest apply. One local transaction: on failure nothing changes. dry_run reports without writing.",
+        description = "Download the meters in scope (SITE_ID, or all) from the central database into the local copy, comparing every column: inserted, updated (with the fields that changed), unchanged, deactivated (gone or inactive remotely; never deleted locally), and the list of changes (capped at 50, with a count of the rest). Meters the collector could not use (points not a list of {name, object: \"analog-input:1\"}, address not host:port, a device instance used twice on one site) are skipped and listed in errors with the reason; the rest apply. One local transaction: on failure, or when the request is cancelled before the writes, nothing changes (recorded in sync_runs as failed or cancelled). dry_run reports without writing.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,

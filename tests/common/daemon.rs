@@ -6,24 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+#[allow(unused_imports)] // `common::daemon::wait_for` as before the split
+pub use super::wait::wait_for;
 use super::{log_file, metersync_cmd, workdir};
-
-/// Polls `f` every 200 ms until it is true or `secs` pass; returns whether
-/// it became true.
-pub async fn wait_for<F, Fut>(secs: u64, mut f: F) -> anyhow::Result<bool>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<bool>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f().await.unwrap_or(false) {
-            return Ok(true);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(false)
-}
 
 /// Starts `metersync ARGS` with `env`, stderr to a fresh test log; keep the
 /// returned working directory alive as long as the child.
