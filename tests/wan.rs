@@ -39,6 +39,12 @@ async fn counted_upload(w: &World, target: u16, args: &[&str]) -> Result<(u64, V
     let mut a = vec!["upload"];
     a.extend_from_slice(args);
     let out = run_cli(&env, &a, "wan-upload").await?;
+    // The process has exited; its last bytes (Terminate) are counted once
+    // the link has closed its connections.
+    assert!(
+        link.wait_closed(Duration::from_secs(30)).await,
+        "connections still open through the link 30 s after the upload exited"
+    );
     let counts = link.counts();
     if !out.ok {
         bail!("upload failed: {}", out.stderr);

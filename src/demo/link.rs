@@ -12,11 +12,14 @@
 //!   then slows the sender, as a full TCP window does.
 //! - **Round trips counted**: per connection, a round trip is the client
 //!   speaking again after the server has spoken to it (the first client
-//!   message counts one). The server "has spoken" once its bytes were
-//!   handed to the client, so pipelined client bytes sent while an answer
-//!   is still in flight on the link are not counted. Bytes each way and
-//!   connections are counted too; the counters are per [`Link`], summed over
-//!   its connections, atomic, and readable and resettable at any time.
+//!   message counts one, and so does a closing Terminate). The server "has
+//!   spoken" from the moment its delayed bytes are handed to the client, so
+//!   pipelined client bytes sent while an answer is still in flight on the
+//!   link are not counted. Bytes each way and connections are counted too;
+//!   the counters are per [`Link`], summed over its connections, atomic, and
+//!   readable and resettable at any time. [`Link::wait_closed`] waits until
+//!   no connection is open, so a count read after it includes a client's
+//!   last bytes.
 //! - Nothing panics on network input: a failed read or write closes that
 //!   connection only. Dropping the [`Link`] closes every connection.
 
@@ -58,6 +61,17 @@ struct Counters {
     bytes_up: AtomicU64,
     bytes_down: AtomicU64,
     connections: AtomicU64,
+    open: AtomicU64,
+}
+
+/// Keeps [`Counters::open`] true to the connections running, however a
+/// connection's task ends.
+struct OpenGuard(Arc<Counters>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The proxy; dropped, it stops accepting and closes its connections.
@@ -93,9 +107,12 @@ impl Link {
                         }
                     },
                 };
-                c.connections.fetch_add(1, Ordering::Relaxed);
+                c.connections.fetch_add(1, Ordering::SeqCst);
+                c.open.fetch_add(1, Ordering::SeqCst);
+                let guard = OpenGuard(c.clone());
                 let (c, s) = (c.clone(), s.clone());
                 tokio::spawn(async move {
+                    let _guard = guard;
                     tokio::select! {
                         _ = s.cancelled() => {}
                         _ = connection(inbound, target, one_way_delay, c) => {}
@@ -125,6 +142,25 @@ impl Link {
             bytes_down: c.bytes_down.load(Ordering::SeqCst),
             connections: c.connections.load(Ordering::SeqCst),
         }
+    }
+
+    /// Connections open through the link now.
+    pub fn open_connections(&self) -> u64 {
+        self.counters.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection is open through the link (every client's
+    /// last bytes counted), for at most `within`. Returns whether that
+    /// happened.
+    pub async fn wait_closed(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while self.open_connections() > 0 {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        true
     }
 
     /// Sets every count back to zero and returns the counts before.
@@ -213,11 +249,13 @@ async fn direction(
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
             tokio::time::sleep_until(due).await;
-            if to.write_all(&chunk).await.is_err() {
-                return;
-            }
+            // Set before the bytes reach the client: once they have, the
+            // client may answer (and be read) before this task runs again.
             if let Way::Down = way {
                 server_spoke.store(true, Ordering::SeqCst);
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
             }
         }
         let _ = to.shutdown().await;
