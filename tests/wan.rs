@@ -107,3 +107,84 @@ async fn three_transactions_cost_at_most_15_round_trips_through_pgbouncer() -> R
     );
     Ok(())
 }
+
+/// The link itself: each answer waits twice the one-way delay, and each
+/// query after the connection is one round trip, counted once.
+#[tokio::test]
+async fn link_delays_each_answer_and_counts_one_round_trip_per_query() -> Result<()> {
+    let pg = PgCluster::start()?;
+    let one_way = Duration::from_millis(20);
+    let link = Link::start(pg.port, one_way).await?;
+    let (c, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(link.port)
+        .user("postgres")
+        .password(TEST_PASSWORD)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    let conn = tokio::spawn(conn);
+    let at_connect = link.reset();
+    assert!(at_connect.round_trips >= 2, "{at_connect:?}");
+    assert_eq!(at_connect.connections, 1);
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        c.simple_query("SELECT 1").await?;
+        assert!(
+            t.elapsed() >= one_way * 2,
+            "an answer came back in {:?}, under the round-trip time {:?}",
+            t.elapsed(),
+            one_way * 2
+        );
+    }
+    let n = link.counts();
+    assert_eq!(n.round_trips, 5, "{n:?}");
+    assert!(n.bytes_up > 0 && n.bytes_down > 0, "{n:?}");
+    assert_eq!(n.connections, 0, "{n:?}");
+    drop(c);
+    let _ = conn.await;
+    assert!(link.wait_closed(Duration::from_secs(30)).await);
+    // The closing Terminate is the client speaking again.
+    assert_eq!(link.counts().round_trips, 6);
+    Ok(())
+}
+
+/// The delay is a queue, not a pace: 16 MiB echoed through a link with a
+/// 100 ms one-way delay arrive intact and in order, far sooner than one
+/// chunk (64 KiB at most) per delay would allow (256 chunks × 100 ms =
+/// 25.6 s each way; 2.4 s measured in a debug build on a loaded machine).
+#[tokio::test]
+async fn link_streams_in_order_without_one_chunk_per_delay() -> Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const SIZE: usize = 16 << 20;
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let echo_port = echo.local_addr()?.port();
+    tokio::spawn(async move {
+        if let Ok((s, _)) = echo.accept().await {
+            let (mut r, mut w) = s.into_split();
+            let _ = tokio::io::copy(&mut r, &mut w).await;
+        }
+    });
+    let link = Link::start(echo_port, Duration::from_millis(100)).await?;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", link.port)).await?;
+    let (mut r, mut w) = s.into_split();
+    let t = std::time::Instant::now();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&sent).await?;
+        w.shutdown().await
+    });
+    let mut back = Vec::with_capacity(SIZE);
+    r.read_to_end(&mut back).await?;
+    writer.await??;
+    let took = t.elapsed();
+    assert!(back == data, "echo differs: {} bytes back", back.len());
+    assert!(
+        took < Duration::from_secs(12),
+        "16 MiB took {took:?} through a 100 ms link"
+    );
+    let n = link.counts();
+    assert_eq!((n.bytes_up, n.bytes_down), (SIZE as u64, SIZE as u64));
+    Ok(())
+}
