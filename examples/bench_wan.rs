@@ -149,7 +149,10 @@ async fn metersync_upload(env: &HashMap<String, String>) -> Result<(u64, f64, u6
         .output()
         .await?;
     if !out.status.success() {
-        bail!("upload child failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "upload child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let s = String::from_utf8_lossy(&out.stdout);
     let mut it = s.split_whitespace();
@@ -229,7 +232,10 @@ async fn main() -> Result<()> {
     let app = App::new(Config::from_vars(&env_for(local.port, remote.port))?)?;
     metersync::migrate::migrate(&app.db).await?;
     app.db.close();
-    let (lc, rc) = (local.connect(PASSWORD).await?, remote.connect(PASSWORD).await?);
+    let (lc, rc) = (
+        local.connect(PASSWORD).await?,
+        remote.connect(PASSWORD).await?,
+    );
 
     let paths = [("direct", remote.port), ("pgbouncer", bouncer.port)];
     let mut points: HashMap<(u64, &str), Vec<Point>> = HashMap::new();
@@ -253,8 +259,7 @@ async fn main() -> Result<()> {
                 }
                 rc.batch_execute("TRUNCATE meter_readings").await?;
 
-                let (moved, secs, kb) =
-                    metersync_upload(&env_for(local.port, link.port)).await?;
+                let (moved, secs, kb) = metersync_upload(&env_for(local.port, link.port)).await?;
                 if !link.wait_closed(Duration::from_secs(30)).await {
                     bail!("the upload's connections did not close");
                 }
