@@ -5,21 +5,21 @@
 //!   `COPY … TO STDOUT | COPY … FROM STDIN` pipe of the same rows between
 //!   the same clusters, in the same run, as a ratio;
 //! - the same upload through PgBouncer in `pool_mode = transaction`;
-//! - remote round trips per batch, counted by a TCP proxy (a round trip is
-//!   the client speaking again after the server answered), at two batch sizes;
+//! - remote round trips per batch, counted by the library's link proxy
+//!   (`metersync::demo::link`, no delay; a round trip is the client speaking
+//!   again after the server answered), at two batch sizes;
 //! - peak RSS (VmHWM) of an upload process for a 100,000- and a
 //!   1,000,000-row backlog (this program re-runs itself as that process).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use futures::SinkExt;
 use metersync::app::App;
 use metersync::config::Config;
 use metersync::demo::cluster::{Cluster, Pooler};
+use metersync::demo::link::Link;
 use metersync::progress::NoProgress;
 use metersync::upload::{upload, UploadOptions, UploadReport};
 use tokio_util::sync::CancellationToken;
@@ -43,61 +43,6 @@ impl BenchCluster {
 
     async fn client(&self) -> Result<tokio_postgres::Client> {
         Ok(self.0.connect(PASSWORD).await?)
-    }
-}
-
-/// A proxy counting round trips: each time the client speaks after the
-/// server has spoken.
-struct Counter {
-    port: u16,
-    turns: Arc<AtomicU64>,
-}
-
-impl Counter {
-    async fn start(target: u16) -> Result<Self> {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let port = l.local_addr()?.port();
-        let turns = Arc::new(AtomicU64::new(0));
-        let t = turns.clone();
-        tokio::spawn(async move {
-            while let Ok((inbound, _)) = l.accept().await {
-                let t = t.clone();
-                tokio::spawn(async move {
-                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await
-                    else {
-                        return;
-                    };
-                    let server_spoke = Arc::new(AtomicBool::new(true));
-                    let (mut ci, mut co) = inbound.into_split();
-                    let (mut si, mut so) = outbound.into_split();
-                    let s2 = server_spoke.clone();
-                    let up = async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 65536];
-                        while let Ok(n) = ci.read(&mut buf).await {
-                            if n == 0 || so.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                            if s2.swap(false, Ordering::SeqCst) {
-                                t.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                    };
-                    let down = async move {
-                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                        let mut buf = vec![0u8; 65536];
-                        while let Ok(n) = si.read(&mut buf).await {
-                            server_spoke.store(true, Ordering::SeqCst);
-                            if n == 0 || co.write_all(&buf[..n]).await.is_err() {
-                                break;
-                            }
-                        }
-                    };
-                    tokio::join!(up, down);
-                });
-            }
-        });
-        Ok(Counter { port, turns })
     }
 }
 
@@ -376,14 +321,14 @@ async fn main() -> Result<()> {
 
     remote_paths(bouncer.port, rows as usize, batch).await?;
 
-    let counter = Counter::start(remote.port()).await?;
+    let counter = Link::start(remote.port(), Duration::ZERO).await?;
     let mut per = Vec::new();
     for b in [1_000usize, 10_000] {
         rc.batch_execute("TRUNCATE meter_readings").await?;
         seed(&lc, 100_000).await?;
-        let before = counter.turns.load(Ordering::Relaxed);
+        counter.reset();
         let r = run_upload(&env_for(local.port(), counter.port), b).await?;
-        let turns = counter.turns.load(Ordering::Relaxed) - before;
+        let turns = counter.counts().round_trips;
         println!(
             "round trips, batch {b:>6}: {turns} in total for {} batches",
             r.batches

@@ -8,6 +8,7 @@
 //! dropped.
 
 pub mod cluster;
+pub mod link;
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
