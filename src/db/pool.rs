@@ -205,7 +205,15 @@ impl Handle {
                 self.health.mark_up();
                 Ok(obj)
             }
-            Err(retry::Stopped::Cancelled(retries)) => Err(stopped(retries)),
+            // The signal came during the checkout: the same one short
+            // attempt as a checkout made after it (a journal write that was
+            // connecting at that instant still records its run's end).
+            Err(retry::Stopped::Cancelled(retries)) => {
+                match tokio::time::timeout(AFTER_SHUTDOWN, self.pool.get()).await {
+                    Ok(Ok(obj)) => Ok(obj),
+                    _ => Err(stopped(retries)),
+                }
+            }
             Err(retry::Stopped::GaveUp(e, retries)) => {
                 let (cause, _) = pool_error_cause(self.side, &e);
                 let f = fault::pool(self.side, &e);
