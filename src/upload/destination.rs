@@ -44,6 +44,12 @@ pub(super) trait Destination {
     fn streams(&self) -> bool {
         false
     }
+    /// Prepares the destination for streaming: like [`Destination::open`],
+    /// but a destination may leave its checks to the first streamed chunk,
+    /// pipelined with it (no round trip of their own).
+    fn connect(&mut self) -> impl Future<Output = Result<(), UploadError>> + Send {
+        self.open()
+    }
     /// Streams one chunk of the backlog from `local` (see
     /// [`super::stream`]) and commits it on both sides, calling `sent` with
     /// the chunk's rows sent so far after each claim. `local` is closed,
@@ -66,9 +72,10 @@ pub(super) trait Destination {
 pub(super) struct PgDestination<'a> {
     db: &'a Databases,
     site_id: Option<&'a str>,
-    /// Held for the whole call: a checkout per batch would cost the pool's
-    /// recycle check, one more remote round trip per batch.
+    /// Held for the whole call.
     client: Option<Object>,
+    /// The table's key is still to be checked (by the next streamed chunk).
+    unchecked: bool,
 }
 
 impl<'a> PgDestination<'a> {
@@ -79,6 +86,7 @@ impl<'a> PgDestination<'a> {
             db,
             site_id,
             client: None,
+            unchecked: false,
         }
     }
 
@@ -108,6 +116,19 @@ impl Destination for PgDestination<'_> {
             .map_err(|source| UploadError::Start { source })?;
         remote::check_table(&c).await?;
         self.client = Some(c);
+        self.unchecked = false;
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Result<(), UploadError> {
+        self.discard();
+        let c = self
+            .db
+            .remote()
+            .await
+            .map_err(|source| UploadError::Start { source })?;
+        self.client = Some(c);
+        self.unchecked = true;
         Ok(())
     }
 
@@ -154,9 +175,13 @@ impl Destination for PgDestination<'_> {
         let Some(l) = local.0.as_ref() else {
             return Err(StreamError::Unsupported);
         };
-        let r = stream::send_chunk(l, remote, self.site_id, after, limits, cancel, sent).await;
+        let check = self.unchecked;
+        let r =
+            stream::send_chunk(l, remote, self.site_id, after, limits, check, cancel, sent).await;
         match r {
             Ok(done) => {
+                // A chunk that claimed nothing never reached the remote.
+                self.unchecked &= done.rows == 0;
                 local.keep();
                 Ok(done)
             }

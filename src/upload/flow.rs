@@ -128,7 +128,8 @@ pub(super) async fn run<D: Destination + Send>(
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    batches::open(dest, call.max_resends, call.cancel).await?;
+    // The table's check leaves with the first chunk.
+    dest.connect().await?;
     let mut after = 0i64;
     // Chunks re-sent in a row after transient failures.
     let mut resends = 0u32;
@@ -209,6 +210,7 @@ pub(super) async fn run<D: Destination + Send>(
                 }
             }
             Some(Err(StreamError::Local(source))) => return Err(interrupted(source)),
+            Some(Err(StreamError::Fatal(e))) => return Err(e),
             Some(Err(StreamError::Unsupported)) => {
                 return Err(interrupted(DbError::Query {
                     side: Side::Remote,
@@ -235,9 +237,7 @@ pub(super) async fn run<D: Destination + Send>(
                 if batches::backoff(delay, call.cancel).await {
                     break;
                 }
-                batches::open(dest, call.max_resends, call.cancel)
-                    .await
-                    .map_err(|e| shift(e, &report))?;
+                dest.connect().await.map_err(|e| shift(e, &report))?;
             }
             Some(Err(StreamError::Remote { error, rows })) if !error.is_transient() => {
                 call.db.note_error(Side::Remote, &error.to_string());

@@ -6,7 +6,8 @@
 //! 1. the local `BEGIN` and the first claim (below); when its first row
 //!    arrives (never for a claim that finds nothing), the remote `BEGIN; SET
 //!    LOCAL …` and the prepare of `COPY meter_readings (…) FROM STDIN
-//!    (FORMAT binary)`, pipelined (one round trip), then the COPY's start
+//!    (FORMAT binary)`, pipelined (one round trip; on a new connection the
+//!    check of the table's key leaves with them), then the COPY's start
 //!    (one round trip);
 //! 2. one or more *claims*, each a local
 //!    `COPY (DELETE … WHERE ctid = ANY(ARRAY(SELECT … ORDER BY id LIMIT n FOR
@@ -46,7 +47,8 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{FrameError, Reframer};
-use super::remote::{deadline, CLIENT_GRACE, DEADLINE_BASE};
+use super::remote::{check_table, deadline, CLIENT_GRACE, DEADLINE_BASE};
+use super::UploadError;
 use crate::config::Side;
 use crate::db::DbError;
 
@@ -112,6 +114,9 @@ pub(super) enum StreamError {
         /// Rows sent before the failure (at least what must be re-sent).
         rows: u64,
     },
+    /// The remote table cannot take the upload (its key is missing, see
+    /// [`check_table`]): the call ends with this error.
+    Fatal(UploadError),
     /// The destination cannot stream.
     Unsupported,
 }
@@ -162,6 +167,7 @@ pub(super) async fn send_chunk(
     site_id: Option<&str>,
     after: i64,
     limits: ChunkLimits,
+    check: bool,
     cancel: &CancellationToken,
     sent: &(dyn Fn(u64) + Sync),
 ) -> Result<Streamed, StreamError> {
@@ -173,15 +179,28 @@ pub(super) async fn send_chunk(
     // BEGIN and the COPY's prepare leave together.
     let remote_start = || async {
         let both = async {
-            let (b, sink) = tokio::join!(
+            let (checked, b, sink) = tokio::join!(
+                async {
+                    match check {
+                        true => check_table(remote).await,
+                        false => Ok(()),
+                    }
+                },
                 remote.batch_execute(&begin),
                 remote.copy_in::<_, Bytes>(COPY_IN)
             );
-            b.and(sink)
+            (checked, b.and(sink))
         };
         match tokio::time::timeout(wait, both).await {
-            Ok(Ok(sink)) => Ok(sink),
-            Ok(Err(e)) => Err(remote_err(&e, 0)),
+            Ok((Err(UploadError::Start { source }), _)) if source.is_transient() => {
+                Err(StreamError::Remote {
+                    error: source,
+                    rows: 0,
+                })
+            }
+            Ok((Err(e), _)) => Err(StreamError::Fatal(e)),
+            Ok((Ok(()), Ok(sink))) => Ok(sink),
+            Ok((Ok(()), Err(e))) => Err(remote_err(&e, 0)),
             Err(_) => Err(stalled("starting the COPY", 0)),
         }
     };
