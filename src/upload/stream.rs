@@ -161,6 +161,7 @@ fn stalled(what: &str, rows: u64) -> StreamError {
 ///
 /// Fails as [`StreamError`] says; on any error both connections must be
 /// discarded by the caller (their state is unknown).
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn send_chunk(
     local: &Client,
     remote: &Client,
