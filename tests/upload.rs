@@ -464,3 +464,27 @@ async fn an_interrupt_stops_between_batches_with_nothing_half_done() -> Result<(
     assert_eq!(status, "cancelled");
     Ok(())
 }
+
+/// The table's key check now leaves with the first streamed chunk: a remote
+/// `meter_readings` without the reading key must still refuse the upload
+/// before any row commits, with the backlog untouched.
+#[tokio::test]
+async fn a_remote_table_without_the_reading_key_is_refused_and_nothing_moves() -> Result<()> {
+    let w = World::start().await?;
+    let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
+    rc.batch_execute("ALTER TABLE meter_readings DROP CONSTRAINT meter_readings_pkey")
+        .await?;
+    seed_mixed(&lc, 5_000, 0, 0.0).await?;
+    let before = fingerprint(&lc, "meter_readings").await?;
+    let out = run_cli(&w.env, &["upload"], "upload-no-key").await?;
+    assert!(!out.ok, "{}", out.stdout);
+    assert!(
+        out.stderr
+            .contains("has no unique key on (meter_id, point, recorded_at)"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(count(&rc, "meter_readings").await?, 0);
+    assert_eq!(fingerprint(&lc, "meter_readings").await?, before);
+    Ok(())
+}
