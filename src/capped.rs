@@ -25,6 +25,13 @@ pub(crate) fn extend<T>(
     }
 }
 
+/// Appends `items` to `list` up to `cap` items in all, for reports whose
+/// total is counted elsewhere (`quarantined` + `quarantined_rows`).
+pub(crate) fn fill<T>(list: &mut Vec<T>, cap: usize, items: impl IntoIterator<Item = T>) {
+    let room = cap.saturating_sub(list.len());
+    list.extend(items.into_iter().take(room));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -35,5 +42,7 @@ mod tests {
         assert_eq!(omitted, 3);
         super::push(&mut list, &mut omitted, 3, || unreachable!("not built"));
         assert_eq!(omitted, 4);
+        super::fill(&mut list, 4, 7..=9);
+        assert_eq!(list, vec![1, 2, 3, 7]);
     }
 }

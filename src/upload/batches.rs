@@ -6,6 +6,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::destination::Destination;
 use super::{local, remote, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
+use crate::capped;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 use crate::progress::Progress;
@@ -23,15 +24,17 @@ fn account(
     report.already_present += sent.already_present as u64;
     report.deleted_local += n;
     report.quarantined += settled.quarantined.len() as u64;
-    let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
-    report
-        .quarantined_rows
-        .extend(settled.quarantined.into_iter().take(room));
+    capped::fill(
+        &mut report.quarantined_rows,
+        QUARANTINE_LIST_CAP,
+        settled.quarantined,
+    );
     report.conflicts += settled.conflicts.len() as u64;
-    let room = QUARANTINE_LIST_CAP.saturating_sub(report.conflict_rows.len());
-    report
-        .conflict_rows
-        .extend(settled.conflicts.into_iter().take(room));
+    capped::fill(
+        &mut report.conflict_rows,
+        QUARANTINE_LIST_CAP,
+        settled.conflicts,
+    );
     report.batches += 1;
     let done = moved(report);
     progress.update(

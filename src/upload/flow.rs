@@ -31,6 +31,7 @@ use super::batches::{self, run_batches};
 use super::destination::Destination;
 use super::stream::{ChunkLimits, StreamError, CLAIM_ROWS, MAX_CHUNK_DURATION};
 use super::{local, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
+use crate::capped;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
 use crate::progress::Progress;
@@ -87,14 +88,16 @@ fn merge(report: &mut UploadReport, part: UploadReport) {
     report.quarantined += part.quarantined;
     report.conflicts += part.conflicts;
     report.resent_batches += part.resent_batches;
-    let room = QUARANTINE_LIST_CAP.saturating_sub(report.quarantined_rows.len());
-    report
-        .quarantined_rows
-        .extend(part.quarantined_rows.into_iter().take(room));
-    let room = QUARANTINE_LIST_CAP.saturating_sub(report.conflict_rows.len());
-    report
-        .conflict_rows
-        .extend(part.conflict_rows.into_iter().take(room));
+    capped::fill(
+        &mut report.quarantined_rows,
+        QUARANTINE_LIST_CAP,
+        part.quarantined_rows,
+    );
+    capped::fill(
+        &mut report.conflict_rows,
+        QUARANTINE_LIST_CAP,
+        part.conflict_rows,
+    );
 }
 
 /// Uploads through `dest`: streams when it can, else (and for what a
