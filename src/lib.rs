@@ -32,8 +32,10 @@
 //! - [`collect`]: meters -> local readings ([`collect::collect`]), and a
 //!   live read stored nowhere ([`collect::read_live`]); served as the MCP
 //!   tools collect_meters and read_meter.
-//! - [`upload`]: local readings -> remote, exactly once ([`upload::upload`];
-//!   MCP tool upload_readings).
+//! - [`upload`]: local readings -> remote, exactly once, streamed (three
+//!   round trips per remote transaction whatever its size), with a batch
+//!   path for what the remote refuses ([`upload::upload`]; MCP tool
+//!   upload_readings).
 //! - [`quarantine`]: readings the upload set aside (quarantine, conflicts),
 //!   listed and requeued ([`quarantine::list`], [`quarantine::requeue`]; MCP
 //!   tools list_quarantine and requeue_readings).

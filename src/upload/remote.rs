@@ -1,5 +1,6 @@
-//! The remote side of a batch: one transaction that inserts the rows, fast
-//! when it can be, idempotent when it must be, always within a deadline.
+//! The remote side of a batch of the batch path (what a stream hands over:
+//! re-sends, bad rows, conflicts): one transaction that inserts the rows,
+//! fast when it can be, idempotent when it must be, always within a deadline.
 //!
 //! - Fast path: `BEGIN; SET LOCAL statement_timeout` (one simple query),
 //!   binary `COPY` straight into `meter_readings`, `COMMIT`: five round trips
