@@ -18,10 +18,11 @@
 //!   call streams again.
 //! - A local failure ends the call (the chunk's local transaction rolls back).
 //!
-//! Round trips per call on a healthy link: connect, the key check, then
-//! three per chunk (BEGIN with the COPY's prepare; the COPY's start; the
+//! Round trips per call on a healthy link: connecting (made while the
+//! backlog is counted), then three per chunk (BEGIN with the COPY's prepare,
+//! and on a new connection the table's key check; the COPY's start; the
 //! rows, CopyDone and COMMIT), whatever the chunk's size; `tests/wan.rs`
-//! counts them through a proxy.
+//! counts them through a proxy. An empty backlog never contacts the remote.
 
 use std::time::Instant;
 
@@ -124,15 +125,18 @@ pub(super) async fn run<D: Destination + Send>(
         .await;
     }
     let start = |source: DbError| UploadError::Start { source };
-    let backlog = local::backlog(call.db).await.map_err(start)?;
-    let total = call.max_rows.map_or(backlog, |m| m.min(backlog));
     let mut report = UploadReport::default();
-    if backlog == 0 {
+    // An empty backlog never contacts the remote.
+    if !local::any_waiting(call.db).await.map_err(start)? {
         report.duration_ms = t0.elapsed().as_millis() as u64;
         return Ok(report);
     }
-    // The table's check leaves with the first chunk.
-    dest.connect().await?;
+    // The remote connects while the backlog is counted (the table's check
+    // then leaves with the first chunk).
+    let (backlog, connected) = tokio::join!(local::backlog(call.db), dest.connect());
+    let backlog = backlog.map_err(start)?;
+    connected?;
+    let total = call.max_rows.map_or(backlog, |m| m.min(backlog));
     let mut after = 0i64;
     // Chunks re-sent in a row after transient failures.
     let mut resends = 0u32;

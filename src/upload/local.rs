@@ -46,6 +46,17 @@ pub(super) async fn backlog(db: &Databases) -> Result<u64, DbError> {
     Ok(n.max(0) as u64)
 }
 
+/// Whether the local backlog holds any row (one index probe, cheaper than
+/// [`backlog`]'s count).
+pub(super) async fn any_waiting(db: &Databases) -> Result<bool, DbError> {
+    let c = db.local().await?;
+    let row = c
+        .query_typed_one("SELECT EXISTS (SELECT 1 FROM meter_readings)", &[])
+        .await
+        .map_err(q)?;
+    row.try_get(0).map_err(q)
+}
+
 /// A batch of rows locked in an open local transaction on a connection the
 /// claim owns. Dropped without [`Claim::settle`], the connection is closed
 /// (not returned to the pool), so the server rolls the transaction back and
