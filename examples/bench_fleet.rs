@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use futures::SinkExt;
 use metersync::app::App;
 use metersync::config::Config;
+use metersync::demo::anchor::raw_copy_pipe;
 use metersync::demo::cluster::{Cluster, Pooler};
 use metersync::progress::NoProgress;
 use metersync::upload::{upload, UploadOptions};
@@ -104,25 +104,18 @@ async fn seed(local: u16, i: usize, rows: i64, round: i64) -> Result<()> {
 /// through the pooler.
 async fn raw_stream(local: u16, pooler: u16, i: usize) -> Result<u64> {
     let l = connect(local, &site_db(i)).await?;
-    let mut r = connect_as(pooler, "postgres", "bench_raw").await?;
-    let tx = r.transaction().await?;
-    let out = l
-        .copy_out(&format!(
+    let r = connect_as(pooler, "postgres", "bench_raw").await?;
+    Ok(raw_copy_pipe(
+        &l,
+        &r,
+        &format!(
             "COPY (SELECT meter_id, point, recorded_at, value, unit, 'site-{i}'::text \
              FROM meter_readings) TO STDOUT (FORMAT binary)"
-        ))
-        .await?;
-    let sink = tx
-        .copy_in(
-            "COPY raw_readings (meter_id, point, recorded_at, value, unit, site_id) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut sink = std::pin::pin!(sink);
-    sink.send_all(&mut std::pin::pin!(out)).await?;
-    let n = sink.as_mut().finish().await?;
-    tx.commit().await?;
-    Ok(n)
+        ),
+        "COPY raw_readings (meter_id, point, recorded_at, value, unit, site_id) \
+         FROM STDIN (FORMAT binary)",
+    )
+    .await?)
 }
 
 /// Peak connections while it runs: server connections on the remote

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use futures::SinkExt;
 use metersync::app::App;
 use metersync::config::Config;
+use metersync::demo::anchor::raw_copy_pipe;
 use metersync::demo::cluster::{Cluster, Pooler};
 use metersync::demo::link::Link;
 use metersync::progress::NoProgress;
@@ -90,22 +90,14 @@ async fn seed(c: &tokio_postgres::Client, n: i64) -> Result<()> {
 }
 
 async fn raw_pipe(l: &tokio_postgres::Client, r: &tokio_postgres::Client) -> Result<u64> {
-    let out = l
-        .copy_out(
-            "COPY (SELECT meter_id, point, recorded_at, value, unit FROM meter_readings) \
-             TO STDOUT (FORMAT binary)",
-        )
-        .await?;
-    let sink = r
-        .copy_in(
-            "COPY raw_readings (meter_id, point, recorded_at, value, unit) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut sink = std::pin::pin!(sink);
-    // feed, not send: one flush per buffer, not per row
-    sink.send_all(&mut std::pin::pin!(out)).await?;
-    Ok(sink.as_mut().finish().await?)
+    Ok(raw_copy_pipe(
+        l,
+        r,
+        "COPY (SELECT meter_id, point, recorded_at, value, unit FROM meter_readings) \
+         TO STDOUT (FORMAT binary)",
+        "COPY raw_readings (meter_id, point, recorded_at, value, unit) FROM STDIN (FORMAT binary)",
+    )
+    .await?)
 }
 
 /// One synthetic batch of rows, `k`-th of its run.

@@ -29,10 +29,10 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use futures::SinkExt;
 use metersync::app::{App, Work};
 use metersync::config::Config;
-use metersync::demo::cluster::{Cluster, Pooler};
+use metersync::demo::anchor::raw_copy_pipe;
+use metersync::demo::cluster::{connect_to, Cluster, Pooler};
 use metersync::demo::link::Link;
 use metersync::progress::NoProgress;
 use metersync::upload::{upload, UploadOptions};
@@ -54,21 +54,6 @@ fn env_for(local: u16, remote: u16) -> HashMap<String, String> {
         env.insert(format!("POSTGRES_{side}_PASSWORD"), PASSWORD.into());
     }
     env
-}
-
-async fn connect(port: u16) -> Result<tokio_postgres::Client> {
-    let (client, conn) = tokio_postgres::Config::new()
-        .host("127.0.0.1")
-        .port(port)
-        .user("postgres")
-        .password(PASSWORD)
-        .dbname("postgres")
-        .connect(tokio_postgres::NoTls)
-        .await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(client)
 }
 
 async fn count(c: &tokio_postgres::Client) -> Result<i64> {
@@ -93,28 +78,17 @@ async fn seed(c: &tokio_postgres::Client, n: i64) -> Result<()> {
 /// The anchor: connect, then pipe the local rows into the remote through
 /// `remote_port` in one transaction. Returns the rows copied.
 async fn raw_pipe(local_port: u16, remote_port: u16) -> Result<u64> {
-    let l = connect(local_port).await?;
-    let mut r = connect(remote_port).await?;
-    // In a transaction: through a transaction-mode pooler the COPY's
-    // prepared statement must stay on one server connection.
-    let tx = r.transaction().await?;
-    let out = l
-        .copy_out(
-            "COPY (SELECT meter_id, point, recorded_at, value, unit FROM meter_readings) \
-             TO STDOUT (FORMAT binary)",
-        )
-        .await?;
-    let sink = tx
-        .copy_in(
-            "COPY meter_readings (meter_id, point, recorded_at, value, unit) \
-             FROM STDIN (FORMAT binary)",
-        )
-        .await?;
-    let mut sink = std::pin::pin!(sink);
-    sink.send_all(&mut std::pin::pin!(out)).await?;
-    let n = sink.as_mut().finish().await?;
-    tx.commit().await?;
-    Ok(n)
+    let l = connect_to(local_port, PASSWORD).await?;
+    let r = connect_to(remote_port, PASSWORD).await?;
+    Ok(raw_copy_pipe(
+        &l,
+        &r,
+        "COPY (SELECT meter_id, point, recorded_at, value, unit FROM meter_readings) \
+         TO STDOUT (FORMAT binary)",
+        "COPY meter_readings (meter_id, point, recorded_at, value, unit) \
+         FROM STDIN (FORMAT binary)",
+    )
+    .await?)
 }
 
 /// Child mode: one upload as the CLI runs it, then one line on stdout:

@@ -100,3 +100,6 @@ pub mod status;
 pub mod ticks;
 pub mod tls;
 pub mod upload;
+
+#[cfg(test)]
+mod test_site;

@@ -470,25 +470,12 @@ mod tests {
     #[tokio::test]
     async fn each_list_of_a_requeue_report_is_capped_and_counts_the_rest() {
         const PW: &str = "unit-test-pw";
-        let cluster = tokio::task::spawn_blocking(|| crate::demo::cluster::Cluster::start(PW))
-            .await
-            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
-            .unwrap_or_else(|e| panic!("cluster: {e}"));
-        let mut vars = std::collections::HashMap::new();
-        vars.insert("POSTGRES_SYNC_HOST".to_string(), "127.0.0.1".to_string());
-        vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
-        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
-        vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
-        let config =
-            crate::config::Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        use crate::test_site;
+        let cluster = test_site::cluster(PW).await;
+        let config = test_site::local_config(cluster.port, PW);
         let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
-        crate::migrate::apply(&db, Side::Local, crate::migrate::LOCAL)
-            .await
-            .unwrap_or_else(|e| panic!("migrate: {e}"));
-        let admin = cluster
-            .connect(PW)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        test_site::migrate_local(&db).await;
+        let admin = test_site::admin(&cluster, PW).await;
         // 250 quarantined rows; the keys of 131..=250 already wait in the
         // backlog (under other ids), so those are kept.
         admin

@@ -11,6 +11,7 @@ use crate::bacnet::{PropertyId, Value};
 use crate::config::Config;
 use crate::demo::cluster::Cluster;
 use crate::progress::NoProgress;
+use crate::test_site;
 
 const PW: &str = "unit-test-pw";
 
@@ -45,25 +46,12 @@ struct Site {
 /// A migrated local cluster holding `meters` (id, device instance,
 /// address, points JSON), read through `devices`.
 async fn site(devices: Vec<FakeDevice>, meters: &[(i64, i32, &str, &str)]) -> Site {
-    let cluster = tokio::task::spawn_blocking(|| Cluster::start(PW))
-        .await
-        .unwrap_or_else(|e| panic!("cluster thread: {e}"))
-        .unwrap_or_else(|e| panic!("cluster: {e}"));
-    let mut vars: HashMap<String, String> = HashMap::new();
-    vars.insert("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into());
-    vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
-    vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
-    vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
-    let config = Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+    let cluster = test_site::cluster(PW).await;
+    let config = test_site::local_config(cluster.port, PW);
     let net = Arc::new(FakeNetwork::new(devices));
     let app = App::with_bacnet(config, net.clone()).unwrap_or_else(|e| panic!("app: {e}"));
-    crate::migrate::apply(&app.db, Side::Local, crate::migrate::LOCAL)
-        .await
-        .unwrap_or_else(|e| panic!("migrate: {e}"));
-    let admin = cluster
-        .connect(PW)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
+    test_site::migrate_local(&app.db).await;
+    let admin = test_site::admin(&cluster, PW).await;
     for (id, instance, address, points) in meters {
         admin
             .execute(

@@ -225,12 +225,11 @@ impl Databases {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
     use std::time::Duration;
 
     use super::*;
-    use crate::demo::cluster::Cluster;
     use crate::demo::link::Link;
+    use crate::test_site;
 
     const PW: &str = "unit-test-pw";
 
@@ -240,20 +239,13 @@ mod tests {
     /// daemon's outage test once lost a collect run's counts this way).
     #[tokio::test]
     async fn a_checkout_the_signal_interrupts_still_gets_one_short_attempt() {
-        let cluster = tokio::task::spawn_blocking(|| Cluster::start(PW))
-            .await
-            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
-            .unwrap_or_else(|e| panic!("cluster: {e}"));
+        let cluster = test_site::cluster(PW).await;
         // 20 ms each way: a connection (startup, SCRAM) takes a few round
         // trips, well under the 0.5 s of the short attempt.
         let link = Link::start(cluster.port, Duration::from_millis(20))
             .await
             .unwrap_or_else(|e| panic!("link: {e}"));
-        let mut vars: HashMap<String, String> = HashMap::new();
-        vars.insert("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into());
-        vars.insert("POSTGRES_SYNC_PORT".into(), link.port.to_string());
-        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
-        let config = Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        let config = test_site::local_config(link.port, PW);
         let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
         let token = db.shutdown_token();
         let (got, ()) = tokio::join!(db.local(), async {

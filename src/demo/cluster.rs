@@ -205,18 +205,7 @@ impl Cluster {
         &self,
         password: &str,
     ) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-        let (client, conn) = tokio_postgres::Config::new()
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .password(password)
-            .dbname("postgres")
-            .connect(tokio_postgres::NoTls)
-            .await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(client)
+        connect_to(self.port, password).await
     }
 
     /// The directory holding the data directory and logs.
@@ -309,4 +298,27 @@ impl Drop for Pooler {
             let _ = Command::new("kill").arg(pid.trim()).status();
         }
     }
+}
+
+/// A client connected as `postgres` to the database `postgres` on
+/// 127.0.0.1:`port` (a cluster, a pooler or a link in front of one), its
+/// connection driven on the runtime.
+///
+/// Fails when the connection or the login fails.
+pub async fn connect_to(
+    port: u16,
+    password: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host("127.0.0.1")
+        .port(port)
+        .user("postgres")
+        .password(password)
+        .dbname("postgres")
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
 }

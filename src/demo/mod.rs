@@ -7,6 +7,7 @@
 //! Everything stays on 127.0.0.1 and is removed when the [`DemoWorld`] is
 //! dropped.
 
+pub mod anchor;
 pub mod cluster;
 pub mod link;
 

@@ -325,9 +325,9 @@ mod tests {
     use std::collections::{HashMap, HashSet};
 
     use super::*;
-    use crate::config::Config;
     use crate::demo::cluster::Cluster;
     use crate::progress::NoProgress;
+    use crate::test_site;
 
     const PW: &str = "unit-test-pw";
 
@@ -430,24 +430,11 @@ mod tests {
     /// A migrated local cluster holding `n` readings (values 1..=n, ids in
     /// order) and `extra` SQL run after the seed.
     async fn site(n: i64, extra: &str) -> Site {
-        let cluster = tokio::task::spawn_blocking(|| Cluster::start(PW))
-            .await
-            .unwrap_or_else(|e| panic!("cluster thread: {e}"))
-            .unwrap_or_else(|e| panic!("cluster: {e}"));
-        let mut vars: HashMap<String, String> = HashMap::new();
-        vars.insert("POSTGRES_SYNC_HOST".into(), "127.0.0.1".into());
-        vars.insert("POSTGRES_SYNC_PORT".into(), cluster.port.to_string());
-        vars.insert("POSTGRES_SYNC_PASSWORD".into(), PW.into());
-        vars.insert("MAX_CONNECTION_RETRIES".into(), "1".into());
-        let config = Config::from_vars(&vars).unwrap_or_else(|e| panic!("config: {e}"));
+        let cluster = test_site::cluster(PW).await;
+        let config = test_site::local_config(cluster.port, PW);
         let db = Databases::new(&config).unwrap_or_else(|e| panic!("pools: {e}"));
-        crate::migrate::apply(&db, Side::Local, crate::migrate::LOCAL)
-            .await
-            .unwrap_or_else(|e| panic!("migrate: {e}"));
-        let admin = cluster
-            .connect(PW)
-            .await
-            .unwrap_or_else(|e| panic!("connect: {e}"));
+        test_site::migrate_local(&db).await;
+        let admin = test_site::admin(&cluster, PW).await;
         admin
             .execute(
                 "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
