@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use metersync::app::App;
 use metersync::config::Config;
-use metersync::demo::anchor::raw_copy_pipe;
+use metersync::demo::anchor::{raw_copy_pipe, seed_backlog};
 use metersync::demo::cluster::{Cluster, Pooler};
 use metersync::demo::link::Link;
 use metersync::progress::NoProgress;
@@ -74,19 +74,6 @@ async fn run_upload(env: &HashMap<String, String>, batch: usize) -> Result<Uploa
     .await?;
     app.db.close();
     Ok(r)
-}
-
-async fn seed(c: &tokio_postgres::Client, n: i64) -> Result<()> {
-    c.batch_execute("TRUNCATE meter_readings").await?;
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-         SELECT g % 200 + 1, 'energy_kwh', timestamptz '2026-01-01' + g * interval '1 second',
-                g / 4.0, 'kWh' FROM generate_series(1, $1::bigint) g",
-        &[&n],
-    )
-    .await?;
-    c.batch_execute("VACUUM ANALYZE meter_readings").await?;
-    Ok(())
 }
 
 async fn raw_pipe(l: &tokio_postgres::Client, r: &tokio_postgres::Client) -> Result<u64> {
@@ -281,7 +268,7 @@ async fn main() -> Result<()> {
     for round in 1..=3 {
         rc.batch_execute("TRUNCATE meter_readings, raw_readings")
             .await?;
-        seed(&lc, rows).await?;
+        seed_backlog(&lc, rows).await?;
         let t = Instant::now();
         let n = raw_pipe(&lc, &rc).await?;
         let raw = n as f64 / t.elapsed().as_secs_f64();
@@ -305,7 +292,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     rc.batch_execute("TRUNCATE meter_readings").await?;
-    seed(&lc, rows).await?;
+    seed_backlog(&lc, rows).await?;
     let t = Instant::now();
     let r = run_upload(&env_for(local.port(), bouncer.port), batch).await?;
     let pgb = r.uploaded as f64 / t.elapsed().as_secs_f64();
@@ -320,7 +307,7 @@ async fn main() -> Result<()> {
     let mut per = Vec::new();
     for b in [1_000usize, 10_000] {
         rc.batch_execute("TRUNCATE meter_readings").await?;
-        seed(&lc, 100_000).await?;
+        seed_backlog(&lc, 100_000).await?;
         counter.reset();
         let r = run_upload(&env_for(local.port(), counter.port), b).await?;
         let turns = counter.counts().round_trips;
@@ -340,7 +327,7 @@ async fn main() -> Result<()> {
 
     for n in [100_000i64, 1_000_000] {
         rc.batch_execute("TRUNCATE meter_readings").await?;
-        seed(&lc, n).await?;
+        seed_backlog(&lc, n).await?;
         let (moved, kb) = peak_rss(&env, batch).await?;
         println!(
             "peak RSS, {n:>9}-row backlog: {:.1} MB ({moved} rows moved)",

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use metersync::app::{App, Work};
 use metersync::config::Config;
-use metersync::demo::anchor::raw_copy_pipe;
+use metersync::demo::anchor::{raw_copy_pipe, seed_backlog};
 use metersync::demo::cluster::{connect_to, Cluster, Pooler};
 use metersync::demo::link::Link;
 use metersync::progress::NoProgress;
@@ -60,19 +60,6 @@ async fn count(c: &tokio_postgres::Client) -> Result<i64> {
     Ok(c.query_one("SELECT count(*) FROM meter_readings", &[])
         .await?
         .try_get(0)?)
-}
-
-async fn seed(c: &tokio_postgres::Client, n: i64) -> Result<()> {
-    c.batch_execute("TRUNCATE meter_readings").await?;
-    c.execute(
-        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
-         SELECT g % 200 + 1, 'energy_kwh', timestamptz '2026-01-01' + g * interval '1 second',
-                g / 4.0, 'kWh' FROM generate_series(1, $1::bigint) g",
-        &[&n],
-    )
-    .await?;
-    c.batch_execute("VACUUM ANALYZE meter_readings").await?;
-    Ok(())
 }
 
 /// The anchor: connect, then pipe the local rows into the remote through
@@ -217,7 +204,7 @@ async fn main() -> Result<()> {
         for rtt in RTTS_MS {
             for (path, target) in paths {
                 let link = Link::start(target, Duration::from_millis(rtt) / 2).await?;
-                seed(&lc, args.rows).await?;
+                seed_backlog(&lc, args.rows).await?;
                 rc.batch_execute("TRUNCATE meter_readings").await?;
 
                 let t = Instant::now();

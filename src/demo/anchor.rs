@@ -1,8 +1,8 @@
 //! The anchor the upload benchmarks measure against (`examples/bench_upload.rs`,
 //! `bench_wan.rs`, `bench_fleet.rs`): a raw binary COPY pipe from one database
 //! to another, in one transaction of the receiving side, doing nothing else
-//! (no delete, no journal, no checks). One copy, so every benchmark compares
-//! with the same thing.
+//! (no delete, no journal, no checks), and the backlog they seed. One copy,
+//! so every benchmark compares the same thing on the same rows.
 
 use futures::SinkExt;
 use tokio_postgres::Client;
@@ -28,4 +28,21 @@ pub async fn raw_copy_pipe(
     let n = sink.as_mut().finish().await?;
     to.batch_execute("COMMIT").await?;
     Ok(n)
+}
+
+/// Replaces the local backlog (`meter_readings`) with `n` readings of 200
+/// meters, one second apart, and vacuums it, as every upload benchmark
+/// seeds it.
+///
+/// Fails as the database does.
+pub async fn seed_backlog(c: &Client, n: i64) -> Result<(), tokio_postgres::Error> {
+    c.batch_execute("TRUNCATE meter_readings").await?;
+    c.execute(
+        "INSERT INTO meter_readings (meter_id, point, recorded_at, value, unit)
+         SELECT g % 200 + 1, 'energy_kwh', timestamptz '2026-01-01' + g * interval '1 second',
+                g / 4.0, 'kWh' FROM generate_series(1, $1::bigint) g",
+        &[&n],
+    )
+    .await?;
+    c.batch_execute("VACUUM ANALYZE meter_readings").await
 }

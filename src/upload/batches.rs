@@ -65,11 +65,33 @@ async fn send_cancellable<D: Destination>(
 }
 
 /// Waits `delay` unless `cancel` fires first; returns whether it fired.
-pub(super) async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
+async fn backoff(delay: std::time::Duration, cancel: &CancellationToken) -> bool {
     tokio::select! {
         _ = tokio::time::sleep(delay) => false,
         _ = cancel.cancelled() => true,
     }
+}
+
+/// Counts one re-send of a `what` (batch or chunk) after the transient
+/// failure `cause`, logs it and waits the retry policy's backoff; returns
+/// whether `cancel` fired meanwhile.
+pub(super) async fn before_resend(
+    report: &mut UploadReport,
+    resends: &mut u32,
+    what: &str,
+    cause: &DbError,
+    cancel: &CancellationToken,
+) -> bool {
+    let delay = crate::retry::backoff_delay(*resends);
+    *resends += 1;
+    report.resent_batches += 1;
+    tracing::warn!(
+        batch = report.batches + 1,
+        attempt = *resends,
+        next_delay_ms = delay.as_millis() as u64,
+        "{what} failed, sending it again on a new connection after the backoff: {cause}"
+    );
+    backoff(delay, cancel).await
 }
 
 /// Opens `dest`, retrying a refused first statement.
@@ -253,16 +275,7 @@ pub(super) async fn run_batches<D: Destination + Send>(
                         source,
                     });
                 }
-                let delay = crate::retry::backoff_delay(resends);
-                resends += 1;
-                report.resent_batches += 1;
-                tracing::warn!(
-                    batch = report.batches + 1,
-                    attempt = resends,
-                    next_delay_ms = delay.as_millis() as u64,
-                    "batch failed, sending it again on a new connection after the backoff: {source}"
-                );
-                if backoff(delay, cancel).await {
+                if before_resend(&mut report, &mut resends, "batch", &source, cancel).await {
                     break;
                 }
                 claimed = moved(&report);

@@ -232,16 +232,9 @@ pub(super) async fn run<D: Destination + Send>(
                 // which only a refused re-send can show: then the batches
                 // below take over): send it again on a new connection.
                 call.db.note_error(Side::Remote, &error.to_string());
-                let delay = crate::retry::backoff_delay(resends);
-                resends += 1;
-                report.resent_batches += 1;
-                tracing::warn!(
-                    batch = report.batches + 1,
-                    attempt = resends,
-                    next_delay_ms = delay.as_millis() as u64,
-                    "chunk failed, sending it again on a new connection after the backoff: {error}"
-                );
-                if batches::backoff(delay, call.cancel).await {
+                let stop =
+                    batches::before_resend(&mut report, &mut resends, "chunk", &error, call.cancel);
+                if stop.await {
                     break;
                 }
                 dest.connect().await.map_err(|e| shift(e, &report))?;
