@@ -18,6 +18,7 @@
 //!   queries only (no DDL), one reported check at a time.
 
 use serde::Serialize;
+use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::Side;
 use crate::db::{Databases, DbError};
@@ -114,6 +115,20 @@ const JOURNAL_DDL: &str = "CREATE TABLE IF NOT EXISTS metersync_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 )";
 
+/// The boolean a one-row question answers (its first column), `false`
+/// when it returns no row.
+async fn answer(
+    client: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<bool, tokio_postgres::Error> {
+    let rows = client.query_typed(sql, params).await?;
+    match rows.first() {
+        Some(r) => r.try_get::<_, bool>(0),
+        None => Ok(false),
+    }
+}
+
 async fn apply_on(
     mut client: deadpool_postgres::Object,
     side: Side,
@@ -127,19 +142,13 @@ async fn apply_on(
     // A role without CREATE on the schema (a locked-down remote whose DBA
     // ran `migrate --print`) must not need it when nothing is pending:
     // CREATE ... IF NOT EXISTS checks the privilege before the existence.
-    let journal = client
-        .query_typed(
-            "SELECT to_regclass('metersync_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(q)?;
-    let exists = journal
-        .first()
-        .map(|r| r.try_get::<_, bool>(0))
-        .transpose()
-        .map_err(q)?
-        .unwrap_or(false);
+    let exists = answer(
+        &client,
+        "SELECT to_regclass('metersync_migrations') IS NOT NULL",
+        &[],
+    )
+    .await
+    .map_err(q)?;
     if exists {
         let done = client
             .query_typed("SELECT version FROM metersync_migrations", &[])
@@ -404,18 +413,13 @@ pub async fn check(db: &Databases) -> Result<CheckReport, DbError> {
     let mut checks = Vec::new();
     let text = tokio_postgres::types::Type::TEXT;
     for t in tables {
-        let exists = client
-            .query_typed(
-                "SELECT to_regclass($1) IS NOT NULL",
-                &[(&t.table, text.clone())],
-            )
-            .await
-            .map_err(q)?
-            .first()
-            .map(|r| r.try_get::<_, bool>(0))
-            .transpose()
-            .map_err(q)?
-            .unwrap_or(false);
+        let exists = answer(
+            &client,
+            "SELECT to_regclass($1) IS NOT NULL",
+            &[(&t.table, text.clone())],
+        )
+        .await
+        .map_err(q)?;
         checks.push(Check {
             check: format!("table {} exists", t.table),
             ok: exists,
@@ -482,18 +486,13 @@ pub async fn check(db: &Databases) -> Result<CheckReport, DbError> {
             }),
         });
         for p in t.privileges {
-            let ok = client
-                .query_typed(
-                    "SELECT has_table_privilege(to_regclass($1), $2)",
-                    &[(&t.table, text.clone()), (p, text.clone())],
-                )
-                .await
-                .map_err(q)?
-                .first()
-                .map(|r| r.try_get::<_, bool>(0))
-                .transpose()
-                .map_err(q)?
-                .unwrap_or(false);
+            let ok = answer(
+                &client,
+                "SELECT has_table_privilege(to_regclass($1), $2)",
+                &[(&t.table, text.clone()), (p, text.clone())],
+            )
+            .await
+            .map_err(q)?;
             checks.push(Check {
                 check: format!("{p} on {}", t.table),
                 ok,
