@@ -754,8 +754,7 @@ async fn a_frozen_link_fails_the_download_by_the_client_deadline() -> Result<()>
     )
     .await?;
     let proxy = proxy::Proxy::start_freezing_on(w.remote.port, b"statement_timeout").await?;
-    let mut env = w.env.clone();
-    env.extend(env_for("CLIENT", proxy.port));
+    let env = w.env_with_remote_at(proxy.port);
     let started = std::time::Instant::now();
     let deadline = metersync::download::REMOTE_READ_DEADLINE + metersync::download::CLIENT_GRACE;
     let out = tokio::time::timeout(

@@ -401,8 +401,7 @@ async fn daemon_stops_within_5s_when_the_link_freezes_mid_upload_and_nothing_is_
     let n: i64 = 300_000;
     rows::seed_readings(&local, n).await?;
     let link = Proxy::start(w.remote.port).await?;
-    let mut env = w.env.clone();
-    env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
+    let mut env = w.env_with_remote_at(link.port);
     // Streamed transactions of 100,000 rows (a second or more each): the
     // freeze below hits one mid-stream.
     env.insert("UPLOAD_BATCH_SIZE".into(), "100000".into());

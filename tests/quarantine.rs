@@ -406,8 +406,7 @@ async fn a_frozen_link_fails_the_batch_within_its_deadline_and_loses_nothing() -
     const N: i64 = 100_000;
     let w = World::start().await?;
     let proxy = proxy::Proxy::start(w.remote.port).await?;
-    let mut env = w.env.clone();
-    env.extend(env_for("CLIENT", proxy.port));
+    let env = w.env_with_remote_at(proxy.port);
     let lc = w.local.client().await?;
     seed_mixed(&lc, N, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;
@@ -537,8 +536,7 @@ async fn sigterm_during_a_frozen_link_stops_the_upload_promptly_and_loses_nothin
     const N: i64 = 100_000;
     let w = World::start().await?;
     let proxy = proxy::Proxy::start(w.remote.port).await?;
-    let mut env = w.env.clone();
-    env.extend(env_for("CLIENT", proxy.port));
+    let env = w.env_with_remote_at(proxy.port);
     let lc = w.local.client().await?;
     seed_mixed(&lc, N, 0, 0.0).await?;
     let before = fingerprint(&lc, "meter_readings").await?;

@@ -127,8 +127,7 @@ async fn a_cut_connection_and_a_restarted_remote_lose_and_double_nothing() -> Re
     const N: i64 = 60_000;
     let w = World::start().await?;
     let proxy = proxy::Proxy::start(w.remote.port).await?;
-    let mut env = w.env.clone();
-    env.extend(env_for("CLIENT", proxy.port));
+    let env = w.env_with_remote_at(proxy.port);
     let lc = w.local.client().await?;
     // Every row ever seeded, to compare the remote with at the end.
     lc.batch_execute("CREATE TABLE expected (LIKE meter_readings)")

@@ -15,7 +15,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -38,8 +37,7 @@ async fn counted_upload(w: &World, target: u16, args: &[&str]) -> Result<(u64, V
     let (lc, rc) = (w.local.client().await?, w.remote.client().await?);
     seed_readings(&lc, ROWS).await?;
     let link = Link::start(target, Duration::ZERO).await?;
-    let mut env: HashMap<String, String> = w.env.clone();
-    env.insert("POSTGRES_CLIENT_PORT".into(), link.port.to_string());
+    let env = w.env_with_remote_at(link.port);
     let mut a = vec!["upload"];
     a.extend_from_slice(args);
     let out = run_cli(&env, &a, "wan-upload").await?;

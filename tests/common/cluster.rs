@@ -135,4 +135,12 @@ impl World {
         }
         Ok(World { local, remote, env })
     }
+
+    /// The environment with the remote reached through 127.0.0.1:`port`
+    /// (a proxy or a link in front of it, a pooler).
+    pub fn env_with_remote_at(&self, port: u16) -> HashMap<String, String> {
+        let mut env = self.env.clone();
+        env.insert("POSTGRES_CLIENT_PORT".into(), port.to_string());
+        env
+    }
 }
