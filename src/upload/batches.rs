@@ -45,18 +45,19 @@ fn account(
 }
 
 /// Rows that left the backlog so far (uploaded, present, set aside).
-fn moved(report: &UploadReport) -> u64 {
+pub(super) fn moved(report: &UploadReport) -> u64 {
     report.deleted_local + report.quarantined + report.conflicts
 }
 
-/// Sends one batch; gives up `CANCEL_GRACE` after `cancel` fires.
-async fn send_cancellable<D: Destination>(
-    dest: &mut D,
-    rows: &[local::Reading],
+/// Runs a send (a batch or a chunk) to its end, unless `cancel` fires and
+/// it does not finish within [`CANCEL_GRACE`] after: then `None` (the send
+/// is abandoned).
+pub(super) async fn unless_abandoned<T>(
+    send: impl std::future::Future<Output = T>,
     cancel: &CancellationToken,
-) -> Option<Result<remote::Sent, remote::SendError>> {
+) -> Option<T> {
     tokio::select! {
-        r = dest.send(rows) => Some(r),
+        r = send => Some(r),
         _ = async {
             cancel.cancelled().await;
             tokio::time::sleep(CANCEL_GRACE).await;
@@ -222,7 +223,7 @@ pub(super) async fn run_batches<D: Destination + Send>(
         };
         let (sent, local_side) = tokio::join!(
             async {
-                let r = send_cancellable(dest, cur.rows(), cancel).await;
+                let r = unless_abandoned(dest.send(cur.rows()), cancel).await;
                 (r, t.elapsed())
             },
             async {

@@ -28,10 +28,10 @@ use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::batches::{self, run_batches};
+use super::batches::{self, moved, run_batches};
 use super::destination::Destination;
 use super::stream::{ChunkLimits, StreamError, CLAIM_ROWS, MAX_CHUNK_DURATION};
-use super::{local, UploadError, UploadReport, CANCEL_GRACE, QUARANTINE_LIST_CAP};
+use super::{local, UploadError, UploadReport, QUARANTINE_LIST_CAP};
 use crate::capped;
 use crate::config::Side;
 use crate::db::{Databases, DbError};
@@ -73,11 +73,6 @@ impl Progress for Shifted<'_> {
             &format!("{message} (by batches, after a refused stream)"),
         );
     }
-}
-
-/// Rows that left the backlog so far (uploaded, present, set aside).
-fn moved(r: &UploadReport) -> u64 {
-    r.deleted_local + r.quarantined + r.conflicts
 }
 
 /// Adds what the batch loop did to the call's report.
@@ -170,13 +165,8 @@ pub(super) async fn run<D: Destination + Send>(
                 ),
             )
         };
-        let outcome = tokio::select! {
-            r = dest.stream(conn, after, limits, call.cancel, &sent) => Some(r),
-            _ = async {
-                call.cancel.cancelled().await;
-                tokio::time::sleep(CANCEL_GRACE).await;
-            } => None,
-        };
+        let stream = dest.stream(conn, after, limits, call.cancel, &sent);
+        let outcome = batches::unless_abandoned(stream, call.cancel).await;
         match outcome {
             None => {
                 // Cancelled and the chunk did not finish within the grace:
